@@ -1,0 +1,15 @@
+"""Every source the agent knows, per capability, in ladder order (best first).
+
+Registration is this explicit list: greppable, no import side effects.
+"""
+
+from __future__ import annotations
+
+from heron.agent.sources.base import Source
+from heron.agent.sources.process.procfs import ProcfsProcessSource
+
+LADDERS: dict[str, list[type[Source]]] = {
+    "process": [
+        ProcfsProcessSource,
+    ],
+}

@@ -1,0 +1,272 @@
+"""The ``heron`` command: argument parsing only; each command calls into the packages below."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from heron import __version__
+
+DEFAULT_LISTEN = "127.0.0.1:8737"
+DEFAULT_DATA = Path("/var/lib/heron")
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"heron: --listen must be HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+def _collector_pins(pins: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pin in pins:
+        cap, sep, mech = pin.partition("=")
+        if not sep or not cap or not mech:
+            raise SystemExit(f"heron: --collector must be CAPABILITY=MECHANISM, got {pin!r}")
+        out[cap] = mech.removeprefix(f"{cap}.")
+    return out
+
+
+# -- doctor ------------------------------------------------------------------------------------
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from heron.agent import doctor
+
+    rep = doctor.report(pinned=_collector_pins(args.collector))
+    if args.json:
+        print(json.dumps(rep, indent=2))
+    else:
+        print(doctor.render(rep))
+    return 0
+
+
+# -- agent -------------------------------------------------------------------------------------
+def _build_sinks(args: argparse.Namespace, config: object) -> list[object]:
+    from heron.agent.config import AgentConfig
+    from heron.agent.sinks.jsonl import JsonlSink
+
+    assert isinstance(config, AgentConfig)
+    sinks: list[object] = []
+    outputs = list(args.output) or (["platform"] if config.platform.url else ["stdout"])
+    for spec in outputs:
+        kind, _, arg = spec.partition(":")
+        if kind == "jsonl":
+            if not arg:
+                raise SystemExit("heron: --output jsonl:PATH needs a path")
+            sinks.append(JsonlSink(arg))
+        elif kind == "stdout":
+            sinks.append(JsonlSink(None))
+        elif kind == "platform":
+            sinks.append(_platform_sink(config))
+        else:
+            raise SystemExit(f"heron: unknown output {spec!r} (jsonl:PATH, stdout, platform)")
+    return sinks
+
+
+def _platform_sink(config: object) -> object:
+    from heron.agent.config import AgentConfig
+    from heron.agent.host import detect_host
+    from heron.agent.sinks.platform import PlatformSink
+
+    assert isinstance(config, AgentConfig)
+    pc = config.platform
+    if not pc.url:
+        raise SystemExit("heron: output 'platform' needs platform.url (config) or --platform URL")
+    token = pc.enrollment_token
+    if not token and pc.enrollment_token_file:
+        try:
+            token = Path(pc.enrollment_token_file).read_text().strip()
+        except OSError as e:
+            raise SystemExit(f"heron: cannot read enrolment token file: {e}") from None
+    state = Path(config.state_dir)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return PlatformSink(
+        url=pc.url,
+        enrollment_token=token,
+        state_dir=state,
+        host=detect_host().info,
+        spool_dir=state / "spool",
+        ca_file=pc.ca_file or None,
+        spool_max_bytes=config.spool.max_mb << 20,
+    )
+
+
+def _load_agent_config(args: argparse.Namespace) -> object:
+    import msgspec
+
+    from heron.agent.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        raise SystemExit(f"heron: {e}") from None
+    pins = {**cfg.collectors, **_collector_pins(args.collector)}
+    changes: dict[str, object] = {"collectors": pins}
+    if args.state_dir:
+        changes["state_dir"] = args.state_dir
+    platform = cfg.platform
+    if args.platform:
+        platform = msgspec.structs.replace(platform, url=args.platform)
+    if args.enrollment_token_file:
+        platform = msgspec.structs.replace(platform, enrollment_token_file=args.enrollment_token_file)
+    changes["platform"] = platform
+    return msgspec.structs.replace(cfg, **changes)
+
+
+def run_agent(args: argparse.Namespace, extra_sinks: Sequence[object] = ()) -> int:
+    from heron.agent.config import AgentConfig, ConfigError, load_config
+    from heron.agent.runtime import Agent
+    from heron.agent.sources import ladder
+
+    config = _load_agent_config(args)
+    assert isinstance(config, AgentConfig)
+    sinks = _build_sinks(args, config) + list(extra_sinks)
+    agent = Agent(config, sinks)  # type: ignore[arg-type]
+    try:
+        agent.start()
+    except (ladder.PinnedMechanismUnavailable, ladder.UnknownMechanism) as e:
+        print(f"heron: {e}", file=sys.stderr)
+        agent.stop(timeout=5)
+        return 2
+    done = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        done.set()
+
+    def _reload(signum: int, _frame: object) -> None:
+        if not args.config:
+            return
+        try:
+            agent.reconfigure(load_config(args.config))
+        except ConfigError as e:  # keep the last good config
+            agent.health.note(f"config reload rejected, keeping the last good config: {e}")
+            logging.getLogger("heron").error("%s", e)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _reload)
+    in_use = ", ".join(f"{c}={m}" for c, m in agent.collectors_in_use().items()) or "none"
+    print(f"heron agent {__version__}: collectors {in_use}", file=sys.stderr, flush=True)
+    done.wait()
+    agent.stop()
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    return run_agent(args)
+
+
+# -- platform ----------------------------------------------------------------------------------
+def cmd_server(args: argparse.Namespace) -> int:
+    from heron.platform.server import serve
+
+    host, port = _split_listen(args.listen)
+    serve(host, port, Path(args.data_dir))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from heron.platform.server import start_in_thread
+
+    data = Path(args.data_dir)
+    host, port = _split_listen(args.listen)
+    server = start_in_thread(host, port, data / "platform")
+    url = f"http://{host}:{server.port}"
+    admin = (data / "platform" / "admin.token").read_text().strip()
+    print(f"heron {__version__} is up.\n  console: {url}/#token={admin}\n"
+          f"  events:  heron events --url {url} --follow\n  stop:    Ctrl-C", file=sys.stderr, flush=True)
+    args.platform = url
+    args.enrollment_token_file = str(data / "platform" / "enrollment.token")
+    args.state_dir = args.state_dir or str(data / "agent")
+    args.output = [*args.output, "platform"]
+    try:
+        return run_agent(args)
+    finally:
+        server.stop()
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from heron.platform.client import events_command
+
+    token = args.token or os.environ.get("HERON_TOKEN", "")
+    if not token:
+        path = Path(args.data_dir) / "platform" / "admin.token"
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            raise SystemExit(f"heron: no token: pass --token, set HERON_TOKEN or create {path}") from None
+    filters = {k: v for k, v in {"type": args.type, "host": args.host, "exe": args.exe}.items() if v}
+    return events_command(args.url, token, args.follow, filters, args.json, sys.stdout, limit=args.limit)
+
+
+# -- parser ------------------------------------------------------------------------------------
+def _agent_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="agent config file (TOML)")
+    p.add_argument("--output", action="append", default=[],
+                   help="jsonl:PATH, stdout or platform (repeatable)")
+    p.add_argument("--collector", action="append", default=[], metavar="CAPABILITY=MECHANISM",
+                   help="pin a collector, e.g. process=audit (repeatable)")
+    p.add_argument("--platform", help="platform URL (for --output platform)")
+    p.add_argument("--enrollment-token-file", help="file holding the platform's enrolment token")
+    p.add_argument("--state-dir", help="where the agent keeps its spool and identity")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="heron", description="heron runtime security agent and platform")
+    parser.add_argument("--version", action="version", version=f"heron {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("HERON_LOG", "warning"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("agent", help="run the agent in the foreground")
+    _agent_args(p)
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("doctor", help="what this host offers and which collectors the agent would use")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--collector", action="append", default=[], metavar="CAPABILITY=MECHANISM")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("server", help="run the platform (ingest, API, console)")
+    p.add_argument("--listen", default=DEFAULT_LISTEN)
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA / "platform"))
+    p.set_defaults(func=cmd_server)
+
+    p = sub.add_parser("up", help="agent + embedded platform + console on this host")
+    _agent_args(p)
+    p.add_argument("--listen", default=DEFAULT_LISTEN)
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("events", help="list or follow events from a platform")
+    p.add_argument("--url", default=f"http://{DEFAULT_LISTEN}")
+    p.add_argument("--token", help="API token (default: HERON_TOKEN or the local admin token)")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    p.add_argument("--follow", "-f", action="store_true")
+    p.add_argument("--type", help="process.exec, process.exit, agent.health")
+    p.add_argument("--host")
+    p.add_argument("--exe")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_events)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        rc: int = args.func(args)
+    except KeyboardInterrupt:
+        rc = 130
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

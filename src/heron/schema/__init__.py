@@ -1,0 +1,1 @@
+"""Event types shared by agent and platform."""

@@ -1,0 +1,184 @@
+"""Event records shared by the agent and the platform.
+
+Every record is a msgspec Struct tagged by its ``type`` field, so one decoder reads a mixed
+stream (JSON lines or msgpack). ``SCHEMA_VERSION`` rises when a field changes meaning or is
+removed; adding an optional field keeps the version. docs/events.md is written from these
+definitions (``python -m heron.schema.docgen``): keep the field docstrings in ``FIELD_DOCS``.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+def process_key(boot_id: str, pid: int, start_ticks: int) -> str:
+    """The stable identity of one process: unique across pid reuse and reboots.
+
+    ``start_ticks`` is the start time in clock ticks after boot, as /proc/PID/stat field 22
+    reports it, so every collector (eBPF, audit, netlink, /proc) derives the same key.
+    """
+    return f"{boot_id[:8]}-{pid}-{start_ticks}"
+
+
+class Ancestor(msgspec.Struct, frozen=True, array_like=True):
+    """One link of a parent chain: compact on the wire (encoded as [pid, key, exe])."""
+
+    pid: int
+    key: str
+    exe: str
+
+
+class Process(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What is known about a process when it executes."""
+
+    key: str
+    pid: int
+    tid: int = 0
+    ppid: int = 0
+    start_ticks: int = 0
+    exe: str = ""
+    comm: str = ""
+    argv: list[str] = msgspec.field(default_factory=list)
+    argv_truncated: bool = False
+    cwd: str | None = None
+    uid: int = -1
+    gid: int = -1
+    euid: int = -1
+    egid: int = -1
+    auid: int | None = None
+    user: str | None = None
+    login_user: str | None = None
+    cgroup: str | None = None
+    cgroup_id: int | None = None
+    container_id: str | None = None
+    container_runtime: str | None = None
+    pod_uid: str | None = None
+    parent_key: str | None = None
+    ancestors: list[Ancestor] = msgspec.field(default_factory=list)
+
+
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="type"):
+    """Fields every event carries."""
+
+    v: int = SCHEMA_VERSION
+    ts: int  # wall-clock time of the observation, ns since the epoch
+    source: str = ""  # the mechanism that saw it, e.g. "process.ebpf"
+
+
+class ProcessExec(Event, tag="process.exec"):
+    process: Process
+    # De-duplication folds identical execs (same exe, argv, parent, user, container) seen in one
+    # window into one record: count is how many, first_ts/last_ts bound them.
+    count: int = 1
+    first_ts: int = 0
+    last_ts: int = 0
+
+
+class ProcessExit(Event, tag="process.exit"):
+    key: str
+    pid: int
+    exe: str = ""
+    comm: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+    runtime_ns: int | None = None
+    container_id: str | None = None
+
+
+class AgentHealth(Event, tag="agent.health"):
+    agent_version: str
+    uptime_s: float
+    collectors: dict[str, str]  # capability -> mechanism in use
+    counters: dict[str, int]  # component.counter -> value since start
+    cpu_s: float
+    rss_bytes: int
+    messages: list[str] = msgspec.field(default_factory=list)
+
+
+AnyEvent = ProcessExec | ProcessExit | AgentHealth
+
+EVENT_TYPES: tuple[type[Event], ...] = (ProcessExec, ProcessExit, AgentHealth)
+
+
+class HostInfo(msgspec.Struct, kw_only=True):
+    """Identity of the host an agent runs on; carried once per batch, not per event."""
+
+    hostname: str
+    machine_id: str
+    boot_id: str
+    kernel: str
+    distro: str
+    arch: str
+
+
+_json_encoder = msgspec.json.Encoder()
+_json_decoder = msgspec.json.Decoder(AnyEvent)
+_msgpack_encoder = msgspec.msgpack.Encoder()
+_events_decoder = msgspec.msgpack.Decoder(list[AnyEvent])
+
+
+def to_json(event: Event) -> bytes:
+    return _json_encoder.encode(event)
+
+
+def from_json(data: bytes | str) -> AnyEvent:
+    return _json_decoder.decode(data)
+
+
+def encode_events(events: list[Event]) -> bytes:
+    """msgpack array of tagged events: the body of one batch on the wire and in the spool."""
+    return _msgpack_encoder.encode(events)
+
+
+def decode_events(data: bytes) -> list[AnyEvent]:
+    """Inverse of encode_events; raises msgspec.ValidationError/DecodeError on bad input."""
+    return _events_decoder.decode(data)
+
+
+FIELD_DOCS: dict[str, str] = {
+    "v": "Schema version of the record (`SCHEMA_VERSION`).",
+    "ts": "Wall-clock time of the observation, nanoseconds since the Unix epoch.",
+    "source": "The collector that observed it, as `capability.mechanism` (e.g. `process.ebpf`).",
+    "type": "Record type: `process.exec`, `process.exit` or `agent.health`.",
+    "process": "The process that executed (see Process).",
+    "count": "How many identical execs this record stands for after de-duplication.",
+    "first_ts": "Time of the first of the folded execs (ns); 0 when count is 1.",
+    "last_ts": "Time of the last of the folded execs (ns); 0 when count is 1.",
+    "key": "Stable process identity: first 8 hex digits of the boot id, pid, start time in ticks.",
+    "pid": "Process id (thread-group id) in the host's pid namespace.",
+    "tid": "Thread that called execve, when it differs from pid.",
+    "ppid": "Parent's pid at exec time.",
+    "start_ticks": "Start time, clock ticks after boot (as /proc/PID/stat field 22).",
+    "exe": "Executable path: the file the kernel executed (for scripts, the script path).",
+    "comm": "Kernel task name (at most 15 bytes).",
+    "argv": "Full argument vector, bounded by the collector (see argv_truncated).",
+    "argv_truncated": "True when argv was longer than the collector's bound and was cut.",
+    "cwd": "Working directory at exec time when the collector can see it cheaply, else absent.",
+    "uid": "Real user id.",
+    "gid": "Real group id.",
+    "euid": "Effective user id.",
+    "egid": "Effective group id.",
+    "auid": "Login (audit) user id: the human behind sudo/su; absent when unset.",
+    "user": "User name of uid, from the host's passwd.",
+    "login_user": "User name of auid.",
+    "cgroup": "cgroup path used for container identity.",
+    "cgroup_id": "cgroup v2 id as the kernel reports it (1 on hosts where everything is in the root).",
+    "container_id": "Container id (64 hex digits) when the process runs in a container.",
+    "container_runtime": "docker, containerd, cri-o, podman, or kubernetes (pod without runtime).",
+    "pod_uid": "Kubernetes pod uid when the cgroup path names one.",
+    "parent_key": "Process key of the parent.",
+    "ancestors": "Parent chain as [pid, key, exe] triples, nearest first, up to pid 1 or the "
+    "container boundary.",
+    "exit_code": "Exit status (0-255) when the process exited normally.",
+    "signal": "Signal number when the process was killed by a signal.",
+    "runtime_ns": "Time from start to exit, nanoseconds.",
+    "agent_version": "Version of the agent.",
+    "uptime_s": "Seconds since the agent started.",
+    "collectors": "Mechanism in use for each capability, e.g. {\"process\": \"ebpf\"}.",
+    "counters": "Monotonic counters: `component.counter` -> value (received, emitted, dropped, errors...).",
+    "cpu_s": "Agent CPU time (user + system) since start, seconds.",
+    "rss_bytes": "Agent resident memory, bytes.",
+    "messages": "Human-readable notes: collector fallbacks, config errors kept at last good config.",
+}

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from heron.agent.config import ConfigError, load_config
+
+
+def test_defaults_and_valid_file(tmp_path: Path) -> None:
+    assert load_config(None).dedupe.window_s == 2.0
+    p = tmp_path / "agent.toml"
+    p.write_text('collectors = {process = "procfs"}\n[dedupe]\nwindow_s = 0.5\n'
+                 '[[filter.exclude]]\ncomm = "sleep"\n')
+    cfg = load_config(p)
+    assert cfg.collectors == {"process": "procfs"} and cfg.dedupe.window_s == 0.5
+    assert cfg.filter.exclude[0].comm == "sleep"
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    ("[dedupe]\nwindow_s = 'soon'\n", "$.dedupe.window_s"),
+    ("[[filter.exclude]]\ncom = 'x'\n", "com"),
+    ("[dedupe]\nwindow_s = -1\n", "dedupe.window_s"),
+    ("[process\n", "invalid TOML"),
+    ("bogus = 1\n", "bogus"),
+])
+def test_errors_name_the_key(tmp_path: Path, text: str, names: str) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=names.replace("$", r"\$").replace("[", r"\[")):
+        load_config(p)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.toml")
