@@ -68,6 +68,9 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="type"):
 
 
 class ProcessExec(Event, tag="process.exec"):
+    """A process executed a new program (execve), or existed when the agent started (source
+    `process.snapshot`)."""
+
     process: Process
     # De-duplication folds identical execs (same exe, argv, parent, user, container) seen in one
     # window into one record: count is how many, first_ts/last_ts bound them.
@@ -77,6 +80,8 @@ class ProcessExec(Event, tag="process.exec"):
 
 
 class ProcessExit(Event, tag="process.exit"):
+    """A process (thread group) exited."""
+
     key: str
     pid: int
     exe: str = ""
@@ -88,6 +93,9 @@ class ProcessExit(Event, tag="process.exit"):
 
 
 class AgentHealth(Event, tag="agent.health"):
+    """The agent's own state: collectors in use, counters (drops included), footprint. Sent at start,
+    every `health_interval_s`, and at stop."""
+
     agent_version: str
     uptime_s: float
     collectors: dict[str, str]  # capability -> mechanism in use
@@ -138,6 +146,12 @@ def decode_events(data: bytes) -> list[AnyEvent]:
 
 
 FIELD_DOCS: dict[str, str] = {
+    "hostname": "Host name.",
+    "machine_id": "/etc/machine-id.",
+    "boot_id": "Kernel boot id (32 hex digits): changes at every boot.",
+    "kernel": "Kernel release.",
+    "distro": "Distribution and release, e.g. `debian:12`.",
+    "arch": "Machine architecture.",
     "v": "Schema version of the record (`SCHEMA_VERSION`).",
     "ts": "Wall-clock time of the observation, nanoseconds since the Unix epoch.",
     "source": "The collector that observed it, as `capability.mechanism` (e.g. `process.ebpf`).",

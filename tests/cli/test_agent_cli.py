@@ -1,0 +1,75 @@
+"""The scripted interface: `heron agent --output jsonl:PATH [--collector ...]` and `heron doctor --json`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+HERON = [sys.executable, "-m", "heron.cli.main"]
+
+
+def start_agent(out: Path, *extra: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([*HERON, "agent", "--output", f"jsonl:{out}", *extra],
+                            stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    line = proc.stderr.readline().decode()  # "heron agent X: collectors ..." once running
+    assert "collectors" in line, line
+    return proc
+
+
+@pytest.mark.privileged
+def test_doctor_json_lists_every_mechanism() -> None:
+    out = subprocess.run([*HERON, "doctor", "--json"], check=True, capture_output=True).stdout
+    rep = json.loads(out)
+    proc = rep["collectors"]["process"]
+    assert proc["selected"] in proc["mechanisms"]
+    assert "procfs" in proc["mechanisms"]
+    for m in proc["mechanisms"].values():
+        assert isinstance(m["available"], bool) and isinstance(m["reason"], str)
+    assert rep["host"]["kernel"] == os.uname().release
+
+
+@pytest.mark.privileged
+def test_agent_sigterm_flushes_and_exits_zero(tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("[process]\npoll_interval_s = 0.2\n[dedupe]\nwindow_s = 5\n")
+    agent = start_agent(out, "--collector", "process=procfs", "--config", str(cfg))
+    marker = f"heron-cli-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["/bin/sh", "-c", f"sleep 1 # {marker}"], check=True)
+    time.sleep(0.3)
+    # The dedupe window (5 s) still holds the exec: SIGTERM must flush it.
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(30) == 0
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert any(e["type"] == "process.exec" and marker in " ".join(e["process"]["argv"]) for e in events)
+    health = [e for e in events if e["type"] == "agent.health"]
+    assert health and health[-1]["collectors"] == {"process": "procfs"}
+
+
+@pytest.mark.privileged
+def test_pinning_unknown_or_unavailable_fails(tmp_path: Path) -> None:
+    r = subprocess.run([*HERON, "agent", "--output", f"jsonl:{tmp_path / 'x'}", "--collector", "process=nope"],
+                       capture_output=True, timeout=60)
+    assert r.returncode != 0 and b"unknown mechanism" in r.stderr
+    rep = json.loads(subprocess.run([*HERON, "doctor", "--json"], check=True, capture_output=True).stdout)
+    unavailable = [m for m, v in rep["collectors"]["process"]["mechanisms"].items() if not v["available"]]
+    for mech in unavailable:
+        r = subprocess.run([*HERON, "agent", "--output", f"jsonl:{tmp_path / 'y'}", "--collector",
+                            f"process={mech}"], capture_output=True, timeout=60)
+        assert r.returncode != 0 and b"cannot run here" in r.stderr
+
+
+def test_malformed_config_names_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[dedupe]\nwindow_s = 'x'\n")
+    r = subprocess.run([*HERON, "agent", "--config", str(cfg), "--output", "stdout"], capture_output=True, timeout=60)
+    assert r.returncode != 0 and b"$.dedupe.window_s" in r.stderr
