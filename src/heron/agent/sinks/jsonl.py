@@ -1,7 +1,7 @@
 """Local JSON-lines output: one event per line, to a file or stdout.
 
-The file is opened in append mode and written per batch; ``flush`` pushes it to the kernel, so
-everything the pipeline handed over survives an agent crash. Encoding is msgspec's JSON encoder
+The file is opened in append mode and written per batch; each batch is pushed to the kernel as one
+write, so everything the pipeline handed over survives an agent crash. Encoding is msgspec's JSON encoder
 into one buffer per batch (no per-event write call).
 """
 
@@ -39,6 +39,7 @@ class JsonlSink:
             self._enc.encode_into(ev, buf, len(buf))
             buf.extend(b"\n")
         self._out.write(buf)
+        self._out.flush()  # one write per batch: readers (tail -f, scripts) see whole batches promptly
         self.written += len(events)
 
     def flush(self) -> None:

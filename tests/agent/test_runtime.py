@@ -1,0 +1,114 @@
+"""The agent's pipeline end to end, on the procfs rung (runs everywhere /proc exists)."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import ClassVar
+
+import msgspec
+import pytest
+
+from heron.agent.config import AgentConfig, FilterConfig, MatchRule
+from heron.agent.host import Host
+from heron.agent.runtime import Agent
+from heron.agent.sources import ladder, registry
+from heron.agent.sources.base import ProbeResult, SourceContext
+from heron.agent.sources.process.procfs import ProcfsProcessSource
+from heron.schema.events import AgentHealth, Event, Process, ProcessExec
+
+
+class ListSink:
+    name = "list"
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.closed = False
+
+    def write(self, events: Sequence[Event]) -> None:
+        self.events.extend(events)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def config(**kw: object) -> AgentConfig:
+    base = AgentConfig(collectors={"process": "procfs"})
+    base = msgspec.structs.replace(base, process=msgspec.structs.replace(base.process, poll_interval_s=0.1))
+    return msgspec.structs.replace(base, **kw)
+
+
+def test_pipeline_enriches_filters_and_drains_on_stop(host: Host) -> None:
+    sink = ListSink()
+    cfg = config(filter=FilterConfig(exclude=[MatchRule(cmdline="re:heron-excluded")]))
+    agent = Agent(cfg, [sink], host=host)
+    agent.start()
+    marker = uuid.uuid4().hex[:8]
+    kept = subprocess.Popen(["/bin/sh", "-c", f"sleep 0.6 # heron-kept-{marker}"])
+    dropped = subprocess.Popen(["/bin/sh", "-c", f"sleep 0.6 # heron-excluded-{marker}"])
+    kept.wait()
+    dropped.wait()
+    time.sleep(0.3)
+    agent.stop()
+    assert sink.closed
+    execs = [e for e in sink.events if isinstance(e, ProcessExec) and marker in " ".join(e.process.argv)]
+    assert len(execs) == 1 and "heron-kept" in execs[0].process.argv[2]
+    p = execs[0].process
+    assert p.user == "root" and p.ancestors and p.ancestors[0].pid == p.ppid
+    assert any(isinstance(e, ProcessExec) and e.source == "process.snapshot" for e in sink.events)
+    health = [e for e in sink.events if isinstance(e, AgentHealth)]
+    assert len(health) >= 2 and health[-1].collectors == {"process": "procfs"}
+    assert health[-1].counters["filter.dropped"] >= 1
+
+
+class ExplodingSource:
+    capability: ClassVar[str] = "process"
+    mechanism: ClassVar[str] = "exploding"
+
+    @classmethod
+    def probe(cls, host: Host) -> ProbeResult:
+        return ProbeResult.yes()
+
+    def __init__(self, ctx: SourceContext) -> None:
+        self.ctx = ctx
+
+    def snapshot(self) -> list[Process]:
+        return []
+
+    def run(self, stop: threading.Event) -> None:
+        raise OSError("ring buffer went away")
+
+
+def test_failing_rung_falls_back_and_says_so(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(registry.LADDERS, "process", [ExplodingSource, ProcfsProcessSource])
+    monkeypatch.setattr(ladder, "LADDERS", registry.LADDERS)
+    sink = ListSink()
+    agent = Agent(config(collectors={}), [sink], host=host)
+    agent.start()
+    deadline = time.monotonic() + 5
+    while agent.collectors_in_use() != {"process": "procfs"} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert agent.collectors_in_use() == {"process": "procfs"}
+    agent.stop()
+    messages = [m for e in sink.events if isinstance(e, AgentHealth) for m in e.messages]
+    assert any("process.exploding failed" in m and "falling back to process.procfs" in m for m in messages)
+
+
+def test_pinned_unavailable_is_an_error(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Never(ExplodingSource):
+        mechanism: ClassVar[str] = "never"
+
+        @classmethod
+        def probe(cls, host: Host) -> ProbeResult:
+            return ProbeResult.no("not on this kernel")
+
+    monkeypatch.setitem(registry.LADDERS, "process", [Never, ProcfsProcessSource])
+    with pytest.raises(ladder.PinnedMechanismUnavailable, match="not on this kernel"):
+        ladder.choose("process", host, "never")
+    assert ladder.choose("process", host).selected is ProcfsProcessSource
