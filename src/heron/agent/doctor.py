@@ -88,13 +88,14 @@ def render(rep: dict[str, Any]) -> str:
         + " ".join(f"{k}={'yes' if v else 'no'}" for k, v in h["capabilities"].items()),
         f"kernel      BTF={'yes' if h['btf'] else 'no'}  lockdown={h['lockdown']}  "
         f"tracefs={'mounted' if h['tracefs'] else 'not mounted'}  cgroup={h['cgroup']}",
-        f"tools       " + "  ".join(f"{k}={'yes' if v else 'no'}" for k, v in h["tools"].items()),
+        "tools       " + "  ".join(f"{k}={'yes' if v else 'no'}" for k, v in h["tools"].items()),
         f"containers  {', '.join(h['container_runtimes']) or 'no runtime found'}",
         "",
     ]
     for cap, c in rep["collectors"].items():
         sel = c.get("selected")
-        lines.append(f"{cap}: {'uses ' + sel if sel else 'NO COLLECTOR'}" + (f"  ({c['error']})" if "error" in c else ""))
+        err = f"  ({c['error']})" if "error" in c else ""
+        lines.append(f"{cap}: {'uses ' + sel if sel else 'NO COLLECTOR'}{err}")
         for mech, m in c.get("mechanisms", {}).items():
             mark = "ok " if m["available"] else "no "
             arrow = "->" if mech == sel else "  "

@@ -11,8 +11,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from heron import __version__
+
+if TYPE_CHECKING:  # the CLI imports the heavy packages lazily, per command
+    from heron.agent.config import AgentConfig
+    from heron.agent.health import Health
+    from heron.agent.sinks.base import Sink
 
 DEFAULT_LISTEN = "127.0.0.1:8737"
 DEFAULT_DATA = Path("/var/lib/heron")
@@ -48,12 +54,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 # -- agent -------------------------------------------------------------------------------------
-def _build_sinks(args: argparse.Namespace, config: object) -> list[object]:
-    from heron.agent.config import AgentConfig
+def _build_sinks(args: argparse.Namespace, config: AgentConfig, health: Health) -> list[Sink]:
     from heron.agent.sinks.jsonl import JsonlSink
 
-    assert isinstance(config, AgentConfig)
-    sinks: list[object] = []
+    sinks: list[Sink] = []
     outputs = list(args.output) or (["platform"] if config.platform.url else ["stdout"])
     for spec in outputs:
         kind, _, arg = spec.partition(":")
@@ -64,18 +68,16 @@ def _build_sinks(args: argparse.Namespace, config: object) -> list[object]:
         elif kind == "stdout":
             sinks.append(JsonlSink(None))
         elif kind == "platform":
-            sinks.append(_platform_sink(config))
+            sinks.append(_platform_sink(config, health))
         else:
             raise SystemExit(f"heron: unknown output {spec!r} (jsonl:PATH, stdout, platform)")
     return sinks
 
 
-def _platform_sink(config: object) -> object:
-    from heron.agent.config import AgentConfig
+def _platform_sink(config: AgentConfig, health: Health) -> Sink:
     from heron.agent.host import detect_host
     from heron.agent.sinks.platform import PlatformSink
 
-    assert isinstance(config, AgentConfig)
     pc = config.platform
     if not pc.url:
         raise SystemExit("heron: output 'platform' needs platform.url (config) or --platform URL")
@@ -95,10 +97,14 @@ def _platform_sink(config: object) -> object:
         spool_dir=state / "spool",
         ca_file=pc.ca_file or None,
         spool_max_bytes=config.spool.max_mb << 20,
+        spool_segment_bytes=config.spool.segment_mb << 20,
+        health=health,
+        batch_max_events=config.batch_max_events,
+        batch_max_delay_s=config.batch_max_delay_s,
     )
 
 
-def _load_agent_config(args: argparse.Namespace) -> object:
+def _load_agent_config(args: argparse.Namespace) -> AgentConfig:
     import msgspec
 
     from heron.agent.config import ConfigError, load_config
@@ -120,15 +126,16 @@ def _load_agent_config(args: argparse.Namespace) -> object:
     return msgspec.structs.replace(cfg, **changes)
 
 
-def run_agent(args: argparse.Namespace, extra_sinks: Sequence[object] = ()) -> int:
-    from heron.agent.config import AgentConfig, ConfigError, load_config
+def run_agent(args: argparse.Namespace, extra_sinks: Sequence[Sink] = ()) -> int:
+    from heron.agent.config import ConfigError, load_config
+    from heron.agent.health import Health
     from heron.agent.runtime import Agent
     from heron.agent.sources import ladder
 
     config = _load_agent_config(args)
-    assert isinstance(config, AgentConfig)
-    sinks = _build_sinks(args, config) + list(extra_sinks)
-    agent = Agent(config, sinks)  # type: ignore[arg-type]
+    health = Health()
+    sinks = _build_sinks(args, config, health) + list(extra_sinks)
+    agent = Agent(config, sinks, health=health)
     try:
         agent.start()
     except (ladder.PinnedMechanismUnavailable, ladder.UnknownMechanism) as e:

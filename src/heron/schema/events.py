@@ -132,7 +132,8 @@ def to_json(event: Event) -> bytes:
 
 
 def from_json(data: bytes | str) -> AnyEvent:
-    return _json_decoder.decode(data)
+    event: AnyEvent = _json_decoder.decode(data)
+    return event
 
 
 def encode_events(events: list[Event]) -> bytes:

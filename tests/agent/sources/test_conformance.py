@@ -73,7 +73,7 @@ def test_exec_and_exit_seen_with_identity(running: tuple[str, Collector], host: 
     marker = f"heron-conf-{uuid.uuid4().hex[:8]}"
     script = f"sleep 1.5; exit 3 # {marker}"
     child = subprocess.Popen(["/bin/sh", "-c", script, "arg with space"],
-                             preexec_fn=lambda: os.setresuid(65534, 65534, 65534))  # noqa: PLW1509
+                             preexec_fn=lambda: os.setresuid(65534, 65534, 65534))
     assert child.wait(10) == 3
     execs = col.wait_for(lambda e: isinstance(e, ProcessExec) and marker in " ".join(e.process.argv))
     assert execs, f"{mech}: exec of the child not seen"

@@ -7,6 +7,7 @@ into one buffer per batch (no per-event write call).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -43,10 +44,8 @@ class JsonlSink:
         self.written += len(events)
 
     def flush(self) -> None:
-        try:
+        with contextlib.suppress(BrokenPipeError):  # stdout closed by a pipe reader: not our failure
             self._out.flush()
-        except BrokenPipeError:
-            pass
 
     def close(self) -> None:
         self.flush()

@@ -6,10 +6,16 @@ Registration is this explicit list: greppable, no import side effects.
 from __future__ import annotations
 
 from heron.agent.sources.base import Source
+from heron.agent.sources.process.audit import AuditProcessSource
+from heron.agent.sources.process.ebpf import EbpfProcessSource
+from heron.agent.sources.process.proc_connector import ProcConnectorProcessSource
 from heron.agent.sources.process.procfs import ProcfsProcessSource
 
 LADDERS: dict[str, list[type[Source]]] = {
     "process": [
+        EbpfProcessSource,
+        AuditProcessSource,
+        ProcConnectorProcessSource,
         ProcfsProcessSource,
     ],
 }

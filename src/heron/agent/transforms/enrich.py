@@ -15,7 +15,7 @@ from heron.schema.events import Event, Process, ProcessExec, ProcessExit
 class UserNames:
     """uid -> name, re-read only when /etc/passwd changes (checked at most every 10 s)."""
 
-    def __init__(self, passwd: str = "/etc/passwd") -> None:
+    def __init__(self, passwd: str = "/etc/passwd") -> None:  # noqa: S107 (a path, not a secret)
         self.passwd = passwd
         self.cache: dict[int, str | None] = {}
         self._mtime = 0.0

@@ -60,11 +60,10 @@ class ProcessTable:
         parent = self.lookup_key(p.parent_key) if p.parent_key else self.live.get(p.ppid)
         if parent is not None and p.parent_key is None:
             p.parent_key = parent.key
-        if not p.ancestors and parent is not None:
-            # The chain stops where the container boundary is crossed: a process in a container
-            # is described up to the container's init, the host side is the runtime's business.
-            if p.container_id == parent.container_id:
-                p.ancestors = self.chain_for(parent)
+        # The chain stops where the container boundary is crossed: a process in a container
+        # is described up to the container's init, the host side is the runtime's business.
+        if not p.ancestors and parent is not None and p.container_id == parent.container_id:
+            p.ancestors = self.chain_for(parent)
         entry = Entry(
             p.key, p.pid, p.ppid, p.start_ticks, p.exe, p.comm, p.uid, p.container_id, p.parent_key,
             p.ancestors,

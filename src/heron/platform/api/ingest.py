@@ -1,0 +1,93 @@
+"""POST /api/v1/ingest: one zstd-compressed msgpack batch of events from an agent (docs/wire.md).
+
+Everything in the body is hostile until decoded: the compressed size is capped while reading, the
+decompressed size is capped while decompressing (a bomb is refused before it is allocated), and
+events must pass the schema. A batch id already stored answers ``duplicate`` and stores nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import msgspec
+import zstandard
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from heron.platform.api.auth import AGENT_ROLES, authenticate
+from heron.platform.api.context import ApiError, PlatformContext, context, read_body
+from heron.platform.storage.base import EventRow, IngestResult
+from heron.schema.events import AgentHealth, AnyEvent, ProcessExec, ProcessExit, decode_events, to_json
+
+BATCH_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+_READ_CHUNK = 1 << 20
+_MAX_ERROR = 300  # characters of a decoder message echoed back
+
+
+def decompress_capped(body: bytes, limit: int) -> bytes:
+    """Decompress a zstd body, refusing (413) any output larger than ``limit`` without producing it."""
+    try:
+        declared = zstandard.frame_content_size(body)
+    except zstandard.ZstdError:
+        raise ApiError(400, "body is not a zstd frame") from None
+    if declared > limit:  # -1 when the frame does not say: the streaming cap below decides
+        raise ApiError(413, f"decompressed body larger than {limit} bytes")
+    reader = zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=True)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while chunk := reader.read(_READ_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"decompressed body larger than {limit} bytes")
+            chunks.append(chunk)
+    except zstandard.ZstdError as e:
+        raise ApiError(400, f"bad zstd data: {e}") from None
+    return b"".join(chunks)
+
+
+def event_row(event: AnyEvent) -> EventRow:
+    data = to_json(event)
+    if isinstance(event, ProcessExec):
+        p = event.process
+        return EventRow("process.exec", event.ts, p.key, p.pid, p.exe, " ".join([p.exe, *p.argv]), data)
+    if isinstance(event, ProcessExit):
+        return EventRow("process.exit", event.ts, event.key, event.pid, event.exe, event.exe, data)
+    return EventRow("agent.health", event.ts, None, None, None, None, data)
+
+
+def store_batch(ctx: PlatformContext, agent_id: str, batch_id: str, body: bytes) -> IngestResult:
+    raw = decompress_capped(body, ctx.config.max_decompressed_bytes)
+    try:
+        events = decode_events(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ApiError(400, f"invalid events: {str(e)[:_MAX_ERROR]}") from None
+    rows = [event_row(e) for e in events]
+    health = [e for e in events if isinstance(e, AgentHealth)]
+    last_health = to_json(max(health, key=lambda h: h.ts)) if health else None
+    return ctx.storage.ingest_batch(agent_id, batch_id, rows, last_health, time.time_ns())
+
+
+async def ingest(request: Request) -> Response:
+    record = await authenticate(request, AGENT_ROLES)
+    agent_id = request.headers.get("x-heron-agent", "")
+    if not agent_id or agent_id != record.agent_id:
+        raise ApiError(403, "X-Heron-Agent does not match the token's agent")
+    batch_id = request.headers.get("x-heron-batch", "")
+    if not BATCH_ID.fullmatch(batch_id):
+        raise ApiError(400, "X-Heron-Batch must be 1-128 characters of [A-Za-z0-9._:@-]")
+    ctype = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if ctype != "application/x-msgpack":
+        raise ApiError(415, "expected Content-Type: application/x-msgpack")
+    if request.headers.get("content-encoding", "").strip().lower() != "zstd":
+        raise ApiError(415, "expected Content-Encoding: zstd")
+    ctx = context(request)
+    body = await read_body(request, ctx.config.max_body_bytes)
+    # A retried batch is answered without decompressing it again; the insert re-checks atomically.
+    if await run_in_threadpool(ctx.storage.has_batch, agent_id, batch_id):
+        result = IngestResult(accepted=0, duplicate=True)
+    else:
+        result = await run_in_threadpool(store_batch, ctx, agent_id, batch_id, body)
+    return JSONResponse({"accepted": result.accepted, "duplicate": result.duplicate})
