@@ -6,7 +6,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from typing import ClassVar
 
 import msgspec
@@ -18,24 +17,8 @@ from heron.agent.runtime import Agent
 from heron.agent.sources import ladder, registry
 from heron.agent.sources.base import ProbeResult, SourceContext
 from heron.agent.sources.process.procfs import ProcfsProcessSource
-from heron.schema.events import AgentHealth, Event, Process, ProcessExec
-
-
-class ListSink:
-    name = "list"
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.closed = False
-
-    def write(self, events: Sequence[Event]) -> None:
-        self.events.extend(events)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
+from heron.schema.events import AgentHealth, Process, ProcessExec
+from listsink import ListSink
 
 
 def config(**kw: object) -> AgentConfig:

@@ -50,7 +50,8 @@ def _write_secret(path: Path, text: str) -> None:
 
 
 def ensure_token(storage: Storage, path: Path, kind: TokenKind) -> str:
-    """The token kept in ``path``: reused when still valid, else created (and logged once)."""
+    """The token kept in ``path``: reused when still valid, else created. Only the file's path is
+    logged: log files travel further than a mode-0600 file."""
     try:
         token = path.read_text().strip()
     except FileNotFoundError:
@@ -65,7 +66,7 @@ def ensure_token(storage: Storage, path: Path, kind: TokenKind) -> str:
     token = new_token()
     storage.add_token(hash_token(token), kind, None, time.time_ns())
     _write_secret(path, token)
-    log.warning("created %s token (saved in %s): %s", kind, path, token)
+    log.warning("created %s token in %s", kind, path)
     return token
 
 
