@@ -136,12 +136,6 @@ def run_agent(args: argparse.Namespace, extra_sinks: Sequence[Sink] = ()) -> int
     health = Health()
     sinks = _build_sinks(args, config, health) + list(extra_sinks)
     agent = Agent(config, sinks, health=health)
-    try:
-        agent.start()
-    except (ladder.PinnedMechanismUnavailable, ladder.UnknownMechanism) as e:
-        print(f"heron: {e}", file=sys.stderr)
-        agent.stop(timeout=5)
-        return 2
     done = threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:
@@ -156,9 +150,16 @@ def run_agent(args: argparse.Namespace, extra_sinks: Sequence[Sink] = ()) -> int
             agent.health.note(f"config reload rejected, keeping the last good config: {e}")
             logging.getLogger("heron").error("%s", e)
 
+    # Handlers before start: a SIGTERM during start-up still flushes what was observed.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGHUP, _reload)
+    try:
+        agent.start()
+    except (ladder.PinnedMechanismUnavailable, ladder.UnknownMechanism) as e:
+        print(f"heron: {e}", file=sys.stderr)
+        agent.stop(timeout=5)
+        return 2
     in_use = ", ".join(f"{c}={m}" for c, m in agent.collectors_in_use().items()) or "none"
     print(f"heron agent {__version__}: collectors {in_use}", file=sys.stderr, flush=True)
     done.wait()

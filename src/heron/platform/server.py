@@ -116,11 +116,12 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, data_dir: Path = D
     uvicorn serves from a thread and this thread waits for the signal: uvicorn's own handlers
     would re-raise the signal after shutdown and kill the process before storage is closed."""
     done = threading.Event()
-    handle = start_in_thread(host, port, Path(data_dir), config=config, log_level=log_level)
-    print(f"heron platform on {handle.url} (data in {data_dir})", file=sys.stderr, flush=True)
     previous = {}
+    # Handlers first: a signal that arrives while the server starts must stop it cleanly too.
     if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
         previous = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handle = start_in_thread(host, port, Path(data_dir), config=config, log_level=log_level)
+    print(f"heron platform on {handle.url} (data in {data_dir})", file=sys.stderr, flush=True)
     try:
         while not done.is_set() and handle.thread.is_alive():
             done.wait(0.5)
