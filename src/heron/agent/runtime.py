@@ -9,6 +9,7 @@ pipeline drains the queue and the dedupe window, writes a last health record and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -195,8 +196,11 @@ class Agent:
         next_health = time.monotonic()
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
         while True:
+            # Wake often only while something waits for a deadline (dedupe window, batch delay);
+            # an idle agent wakes once a second. stop() wakes it with an empty batch.
+            busy = bool(self.pipeline.out) or len(self.pipeline.dedupe) > 0
             try:
-                batch: Sequence[Event] | None = self.queue.get(timeout=0.1)
+                batch: Sequence[Event] | None = self.queue.get(timeout=0.1 if busy else 1.0)
             except queue.Empty:
                 batch = None
             mono = time.monotonic()
@@ -213,7 +217,7 @@ class Agent:
                         self._process(more, now)
                 else:
                     self.pipeline.out.extend(self.pipeline.dedupe.release(now))
-                finishing = batch is None and self.stop_sources.is_set() and self._sources_done()
+                finishing = not batch and self.stop_sources.is_set() and self._sources_done()
                 if finishing:
                     self.pipeline.out.extend(self.pipeline.dedupe.release(now, everything=True))
                 if mono >= next_health or finishing:
@@ -240,6 +244,8 @@ class Agent:
         deadline = time.monotonic() + timeout
         for rs in list(self.running.values()):
             rs.thread.join(max(0.1, deadline - time.monotonic()))
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait(())  # wake the pipeline: the sources are done
         if self._pipeline_thread is not None:
             self._pipeline_thread.join(max(0.1, deadline - time.monotonic()))
         for sink in self.sinks:
