@@ -73,3 +73,30 @@ def test_malformed_config_names_the_key(tmp_path: Path) -> None:
     cfg.write_text("[dedupe]\nwindow_s = 'x'\n")
     r = subprocess.run([*HERON, "agent", "--config", str(cfg), "--output", "stdout"], capture_output=True, timeout=60)
     assert r.returncode != 0 and b"$.dedupe.window_s" in r.stderr
+
+
+@pytest.mark.privileged
+def test_sighup_with_bad_config_keeps_last_good(tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("[process]\npoll_interval_s = 0.2\n[dedupe]\nwindow_s = 0.2\n"
+                   "[[filter.exclude]]\ncmdline = 're:heron-hidden'\n")
+    agent = start_agent(out, "--collector", "process=procfs", "--config", str(cfg))
+    try:
+        cfg.write_text("[dedupe]\nwindow_s = 'broken'\n")
+        agent.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert agent.poll() is None, "a bad config on reload must not stop the agent"
+        marker = uuid.uuid4().hex[:8]
+        subprocess.run(["/bin/sh", "-c", f"sleep 1 # heron-hidden-{marker}"], check=True)
+        subprocess.run(["/bin/sh", "-c", f"sleep 1 # heron-shown-{marker}"], check=True)
+        time.sleep(0.5)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(30) == 0
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    argvs = [" ".join(e["process"]["argv"]) for e in events if e["type"] == "process.exec"]
+    assert any(f"heron-shown-{marker}" in a for a in argvs)
+    assert not any(f"heron-hidden-{marker}" in a for a in argvs), "the last good filter must still apply"
+    notes = [m for e in events if e["type"] == "agent.health" for m in e.get("messages", [])]
+    assert any("config reload rejected" in m and "$.dedupe.window_s" in m for m in notes)
