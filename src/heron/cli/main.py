@@ -176,7 +176,10 @@ def cmd_server(args: argparse.Namespace) -> int:
     from heron.platform.server import serve
 
     host, port = _split_listen(args.listen)
-    serve(host, port, Path(args.data_dir))
+    try:
+        serve(host, port, Path(args.data_dir))
+    except OSError as e:
+        raise SystemExit(f"heron: cannot serve on {args.listen}: {e.strerror or e}") from None
     return 0
 
 
@@ -185,7 +188,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     data = Path(args.data_dir)
     host, port = _split_listen(args.listen)
-    server = start_in_thread(host, port, data / "platform")
+    try:
+        server = start_in_thread(host, port, data / "platform")
+    except OSError as e:
+        raise SystemExit(f"heron: cannot serve on {args.listen}: {e.strerror or e}") from None
     url = f"http://{host}:{server.port}"
     admin = (data / "platform" / "admin.token").read_text().strip()
     print(f"heron {__version__} is up.\n  console: {url}/#token={admin}\n"
