@@ -114,3 +114,39 @@ def test_leftover_rule_is_adopted_and_removed() -> None:
         for r in our_rules(ctl):
             ctl.del_rule(r)
         ctl.close()
+
+
+@pytest.mark.privileged
+def test_exclude_rules_drop_records_and_leftovers_are_removed_exactly() -> None:
+    ctl = audit.AuditControl()
+    excl = audit.exclude_rules((audit.AUDIT_PATH, audit.AUDIT_PROCTITLE))
+    try:
+        rules_before = ctl.rules()
+        ctl.add_rule(audit.exclude_rules((audit.AUDIT_CWD,))[0])  # a killed run's leftover, other type
+        session = audit.AuditSession(audit.exec_rules("heron") + excl)
+        assert session.records is not None
+        assert set(excl) <= set(ctl.rules())
+        subprocess.run(["/bin/true", "heron-linux-exclude"], check=True)
+        # Records of the exec only (our own rule changes are audited too), up to its EOE.
+        by_serial: dict[bytes, list[int]] = {}
+        ours: bytes | None = None
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (ours is None or audit.AUDIT_EOE not in by_serial[ours]):
+            raw = session.records.recv(0.2)
+            for m in parse(raw, header_excluded_len=True)[0] if raw else []:
+                serial = m.payload.split(b")", 1)[0]
+                by_serial.setdefault(serial, []).append(m.type)
+                if b"heron-linux-exclude" in m.payload and m.type == audit.AUDIT_EXECVE:
+                    ours = serial
+        assert ours is not None
+        types = by_serial[ours]
+        assert audit.AUDIT_SYSCALL in types and audit.AUDIT_EXECVE in types and audit.AUDIT_EOE in types
+        assert audit.AUDIT_PATH not in types and audit.AUDIT_PROCTITLE not in types
+        assert session.close() == []
+        assert ctl.rules() == rules_before
+        assert not any(audit.is_heron_exclude(r) for r in ctl.rules())
+    finally:
+        for r in ctl.rules():
+            if audit.is_heron_exclude(r) or r.key == "heron":
+                ctl.del_rule(r)
+        ctl.close()

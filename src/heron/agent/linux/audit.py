@@ -52,9 +52,12 @@ AUDIT_STATUS_PID = 0x4
 AUDIT_STATUS_BACKLOG_LIMIT = 0x10
 
 AUDIT_FILTER_EXIT = 0x04
+AUDIT_FILTER_EXCLUDE = 0x05
 AUDIT_ALWAYS = 2
+AUDIT_MSGTYPE = 12
 AUDIT_ARCH = 11
 AUDIT_FILTERKEY = 210
+AUDIT_NOT_EQUAL = 0x30000000
 AUDIT_EQUAL = 0x40000000
 AUDIT_BITMASK_SIZE = 64
 AUDIT_MAX_FIELDS = 64
@@ -164,6 +167,26 @@ def exec_rules(key: str, machine: str | None = None) -> list[AuditRule]:
                   ((AUDIT_ARCH, AUDIT_EQUAL, arch),), key)
         for arch, execve, execveat in abis
     ]
+
+
+# The kernel refuses a key on exclude rules, so ours carry this always-true second condition
+# instead ("msgtype != 'HRN'"): it tells our rules, leftovers included, from anyone else's.
+EXCLUDE_MARK = 0x48524E
+
+
+def exclude_rules(msg_types: tuple[int, ...]) -> list[AuditRule]:
+    """Exclude-filter rules that stop the kernel from writing records of ``msg_types`` at all
+    (``auditctl -a always,exclude -F msgtype=T``), marked as ours. They are global: load
+    them only while this process is the audit daemon."""
+    return [
+        AuditRule(AUDIT_FILTER_EXCLUDE, AUDIT_ALWAYS, frozenset(),  # no syscall mask: not an exit rule
+                  ((AUDIT_MSGTYPE, AUDIT_EQUAL, t), (AUDIT_MSGTYPE, AUDIT_NOT_EQUAL, EXCLUDE_MARK)))
+        for t in msg_types
+    ]
+
+
+def is_heron_exclude(rule: AuditRule) -> bool:
+    return rule.flags == AUDIT_FILTER_EXCLUDE and (AUDIT_MSGTYPE, AUDIT_NOT_EQUAL, EXCLUDE_MARK) in rule.fields
 
 
 class AuditControl:
@@ -281,6 +304,11 @@ class AuditSession:
             self.ctl.set_status(AUDIT_STATUS_ENABLED | AUDIT_STATUS_BACKLOG_LIMIT, enabled=1,
                                 backlog_limit=max(self.before.backlog_limit, self.BACKLOG_LIMIT))
             existing = set(self.ctl.rules())
+            # Exclude rules of ours left by a run that could not clean up are adopted too, even
+            # if this run loads other ones: the mark makes them exactly ours.
+            for rule in existing:
+                if is_heron_exclude(rule) and rule not in rules:
+                    self.added.append(rule)
             for rule in rules:
                 # A rule already present with our key is a leftover of a run that could not clean
                 # up (killed): adopt it, so close removes it.
