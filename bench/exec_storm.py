@@ -259,12 +259,15 @@ def run_peers(n: int, pairs: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if not (PEERS / "bench.py").exists():
         return {"error": f"{PEERS} not found"}
+    tracefs_was_mounted = os.path.exists("/sys/kernel/tracing/events")
     for tool in ("bpftrace", "auditd", "forkstat"):
         r = subprocess.run([sys.executable, str(PEERS / "bench.py"), "w1", tool, "--n", str(n),
                             "--pairs", str(pairs)], capture_output=True, text=True, timeout=3600)
         res = Path(f"/tmp/peers/results/w1_{tool}.json")
         out[tool] = json.loads(res.read_text()) if r.returncode == 0 and res.exists() else {
             "error": (r.stderr or r.stdout)[-300:]}
+    if not tracefs_was_mounted and os.path.exists("/sys/kernel/tracing/events"):
+        subprocess.run(["umount", "/sys/kernel/tracing"], check=False)  # leave the host as we found it
     return out
 
 

@@ -12,39 +12,20 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import pytest
 
+from collect import Collector
 from heron.agent.health import Health
 from heron.agent.host import Host
 from heron.agent.linux.procfs import ProcFS
 from heron.agent.sources.base import SourceContext
 from heron.agent.sources.registry import LADDERS
-from heron.schema.events import Event, ProcessExec, ProcessExit, process_key
+from heron.schema.events import ProcessExec, ProcessExit, process_key
 
 MECHANISMS = [s.mechanism for s in LADDERS["process"]]
 EXIT_CODES_KNOWN = {"ebpf", "audit", "proc_connector"}
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, events: Sequence[Event]) -> None:
-        with self.lock:
-            self.events.extend(events)
-
-    def wait_for(self, pred: object, timeout: float = 10.0) -> list[Event]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                found = [e for e in self.events if pred(e)]  # type: ignore[operator]
-            if found:
-                return found
-            time.sleep(0.05)
-        return []
 
 
 @pytest.fixture(params=MECHANISMS)

@@ -12,17 +12,18 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 
 import pytest
 
+from collect import Collector
 from heron.agent.health import Health
 from heron.agent.host import Host
 from heron.agent.linux import audit
 from heron.agent.linux.procfs import ProcFS
 from heron.agent.sources.base import SourceContext
 from heron.agent.sources.process.audit import AuditProcessSource, ExecAssembler
-from heron.schema.events import Event, ProcessExec, ProcessExit, process_key
+from heron.schema.events import ProcessExec, ProcessExit, process_key
 
 HDR = "audit(1700000000.250:{serial}): "
 SYSCALL = ('arch=c000003e syscall=59 success=yes exit=0 items=2 ppid=10 pid=11 auid=4294967295 uid=0 '
@@ -116,28 +117,6 @@ def test_proctitle_fallback_without_execve_and_pending_bound() -> None:
 
 
 # ---- real kernel ----------------------------------------------------------------------------
-
-
-class Collector:
-    def __init__(self, fail: bool = False) -> None:
-        self.events: list[Event] = []
-        self.lock = threading.Lock()
-        self.fail = fail
-
-    def __call__(self, events: Sequence[Event]) -> None:
-        if self.fail:
-            raise RuntimeError("emit failed")
-        with self.lock:
-            self.events.extend(events)
-
-    def wait_for(self, pred: Callable[[Event], bool], count: int = 1, timeout: float = 10.0) -> list[Event]:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.lock:
-                found = [e for e in self.events if pred(e)]
-            if len(found) >= count or time.monotonic() > deadline:
-                return found
-            time.sleep(0.05)
 
 
 def assert_audit_restored(before: audit.AuditStatus) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from collect import Collector
 from heron.agent.ebpf import abi
 from heron.agent.health import Health
 from heron.agent.host import Host
@@ -26,30 +27,6 @@ from heron.schema.events import Event, ProcessExec, ProcessExit, process_key
 
 pytestmark = pytest.mark.privileged
 EXCLUDED_COMM = "heron-excluded"  # the comm of a copy of /bin/true, dropped in the kernel
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.batches = 0
-        self.lock = threading.Lock()
-
-    def __call__(self, events: Sequence[Event]) -> None:
-        with self.lock:
-            self.events.extend(events)
-            self.batches += 1
-
-    def find(self, pred: Callable[[Event], bool]) -> list[Event]:
-        with self.lock:
-            return [e for e in self.events if pred(e)]
-
-    def wait_for(self, pred: Callable[[Event], bool], n: int = 1, timeout: float = 5.0) -> list[Event]:
-        deadline = time.monotonic() + timeout
-        found = self.find(pred)
-        while len(found) < n and time.monotonic() < deadline:
-            time.sleep(0.02)
-            found = self.find(pred)
-        return found
 
 
 def exec_with(marker: str) -> Callable[[Event], bool]:
@@ -311,7 +288,7 @@ def test_many_quick_execs_all_captured(running: Running) -> None:
     prefix = f"heron-bulk-{tag}-"
     execs = running.col.wait_for(
         lambda e: isinstance(e, ProcessExec) and len(e.process.argv) == 3 and e.process.argv[1].startswith(prefix),
-        n=n, timeout=20)
+        count=n, timeout=20)
     running.col.wait_for(lambda e: False, timeout=0.3)
     cpu = time.clock_gettime(clock) - cpu0
     argvs = sorted(e.process.argv[1] for e in execs if isinstance(e, ProcessExec))

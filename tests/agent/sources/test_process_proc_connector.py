@@ -8,17 +8,18 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 
 import pytest
 
+from collect import Collector
 from heron.agent.health import Health
 from heron.agent.host import Host
 from heron.agent.linux.proc_connector import Fork
 from heron.agent.linux.procfs import ProcFS
 from heron.agent.sources.base import SourceContext
 from heron.agent.sources.process.proc_connector import KnownProcesses, ProcConnectorProcessSource
-from heron.schema.events import Event, ProcessExec, ProcessExit, process_key
+from heron.schema.events import ProcessExec, ProcessExit, process_key
 
 
 def test_known_processes_is_bounded_and_fork_forgets_reused_pid() -> None:
@@ -32,25 +33,6 @@ def test_known_processes_is_bounded_and_fork_forgets_reused_pid() -> None:
     known.forked(Fork(0, 1, 1, 20, 21))  # a thread: nothing forgotten, no parent recorded
     assert 20 not in known.parents and 21 not in known.parents
     assert known.start_ticks(12345) is None
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, events: Sequence[Event]) -> None:
-        with self.lock:
-            self.events.extend(events)
-
-    def wait_for(self, pred: Callable[[Event], bool], count: int = 1, timeout: float = 10.0) -> list[Event]:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.lock:
-                found = [e for e in self.events if pred(e)]
-            if len(found) >= count or time.monotonic() > deadline:
-                return found
-            time.sleep(0.05)
 
 
 @pytest.fixture
