@@ -9,31 +9,9 @@ from typing import Any
 
 from heron.agent.host import Host, detect_host
 from heron.agent.linux import cgroups
+from heron.agent.linux.caps import effective_caps
 from heron.agent.sources import ladder
 from heron.agent.sources.registry import LADDERS
-
-# Capabilities that decide which collectors can run (bit numbers from linux/capability.h).
-CAPS = {
-    "CAP_NET_ADMIN": 12,
-    "CAP_SYS_PTRACE": 19,
-    "CAP_SYS_ADMIN": 21,
-    "CAP_AUDIT_CONTROL": 30,
-    "CAP_AUDIT_READ": 37,
-    "CAP_PERFMON": 38,
-    "CAP_BPF": 39,
-}
-
-
-def effective_caps(status_path: str = "/proc/self/status") -> dict[str, bool]:
-    mask = 0
-    try:
-        with open(status_path) as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    mask = int(line.split()[1], 16)
-    except OSError:
-        pass
-    return {name: bool(mask >> bit & 1) for name, bit in CAPS.items()}
 
 
 def _read(path: str) -> str:
@@ -56,7 +34,8 @@ def host_facts(host: Host) -> dict[str, Any]:
         "root": os.geteuid() == 0,
         "capabilities": effective_caps(),
         "btf": os.path.exists("/sys/kernel/btf/vmlinux"),
-        "lockdown": lockdown.split("[")[1].split("]")[0] if "[" in lockdown else (lockdown or "unknown"),
+        "lockdown": lockdown.split("[")[1].split("]")[0] if "[" in lockdown
+        else (lockdown or "unknown (securityfs not mounted)"),
         "tracefs": os.path.exists("/sys/kernel/tracing/trace_pipe")
         or os.path.exists("/sys/kernel/debug/tracing/trace_pipe"),
         "cgroup": cgroups.cgroup_version(),

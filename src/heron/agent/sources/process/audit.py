@@ -24,6 +24,7 @@ from typing import ClassVar
 
 from heron.agent.host import Host
 from heron.agent.linux import audit
+from heron.agent.linux.caps import has_cap
 from heron.agent.linux.netlink import NLMSG_HDRLEN, NetlinkOverrun, parse
 from heron.agent.linux.proc_connector import Exec, Exit, Fork, ProcConnector, parse_events
 from heron.agent.linux.procfs import ProcessGone, ProcFS, decode
@@ -34,7 +35,6 @@ from heron.schema.events import Event, Process, ProcessExec, ProcessExit, proces
 
 RULE_KEY = "heron"
 ARGV_MAX_BYTES = 256 * 1024
-CAP_AUDIT_CONTROL = 30
 _EXEC_PARTS = frozenset({audit.AUDIT_SYSCALL, audit.AUDIT_EXECVE, audit.AUDIT_CWD, audit.AUDIT_PATH,
                          audit.AUDIT_PROCTITLE, 1321})  # 1321: BPRM_FCAPS
 _EXEC_SYSCALLS = frozenset({59, 322, 11, 358, 221, 281, 387})
@@ -190,24 +190,13 @@ class ExecAssembler:
         return b"".join(parts) if text_len == want else None
 
 
-def _has_cap(cap: int) -> bool:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> cap & 1)
-    except (OSError, ValueError):
-        pass
-    return False
-
-
 class AuditProcessSource:
     capability: ClassVar[str] = "process"
     mechanism: ClassVar[str] = "audit"
 
     @classmethod
     def probe(cls, host: Host) -> ProbeResult:
-        if os.geteuid() != 0 and not _has_cap(CAP_AUDIT_CONTROL):
+        if os.geteuid() != 0 and not has_cap("CAP_AUDIT_CONTROL"):
             return ProbeResult.no("needs root or CAP_AUDIT_CONTROL")
         try:
             ctl = audit.AuditControl()
