@@ -64,3 +64,39 @@ class Source(Protocol):
 
 def source_name(cls: type[Source] | Source) -> str:
     return f"{cls.capability}.{cls.mechanism}"
+
+
+class Coalescer:
+    """Collects events from a source's read loop and emits them at most every ``max_delay_s``.
+
+    A netlink source must read as soon as the kernel has data (the process it describes may be
+    gone a moment later), which makes its reads small; emitting each small read would wake the
+    pipeline once per exec. This keeps the reads prompt and the batches big.
+    """
+
+    def __init__(self, emit: Emit, max_delay_s: float = 0.05, max_events: int = 4096) -> None:
+        self._emit = emit
+        self.max_delay_ns = int(max_delay_s * 1e9)
+        self.max_events = max_events
+        self.pending: list[Event] = []
+        self._first_ns = 0
+
+    def add(self, events: Sequence[Event], now_ns: int) -> None:
+        if not events:
+            return
+        if not self.pending:
+            self._first_ns = now_ns
+        self.pending.extend(events)
+        if len(self.pending) >= self.max_events or now_ns - self._first_ns >= self.max_delay_ns:
+            self.flush()
+
+    def due_in(self, now_ns: int) -> float | None:
+        """Seconds until the pending events must go out (None: nothing pending)."""
+        if not self.pending:
+            return None
+        return max(0.0, (self._first_ns + self.max_delay_ns - now_ns) / 1e9)
+
+    def flush(self) -> None:
+        if self.pending:
+            out, self.pending = self.pending, []
+            self._emit(out)

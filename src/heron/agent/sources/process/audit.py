@@ -19,6 +19,7 @@ import select
 import struct
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -28,7 +29,7 @@ from heron.agent.linux.caps import has_cap
 from heron.agent.linux.netlink import NLMSG_HDRLEN, NetlinkOverrun, parse
 from heron.agent.linux.proc_connector import Exec, Exit, Fork, ProcConnector, parse_events
 from heron.agent.linux.procfs import ProcessGone, ProcFS, decode
-from heron.agent.sources.base import ProbeResult, SourceContext
+from heron.agent.sources.base import Coalescer, ProbeResult, SourceContext
 from heron.agent.sources.process.proc_connector import ExitConverter, KnownProcesses, wall_offset_ns
 from heron.agent.sources.process.procfs import snapshot
 from heron.schema.events import Event, Process, ProcessExec, ProcessExit, process_key
@@ -220,7 +221,8 @@ class AuditProcessSource:
         self.known = KnownProcesses(self.procfs, ctx.host.clk_tck)
         self.exits = ExitConverter(self.known, self.boot_id, ctx.host.clk_tck, self.name)
         self.assembler = ExecAssembler(argv_max_bytes=int(ctx.options.get("argv_max_bytes", ARGV_MAX_BYTES)))
-        self._held_exits: list[tuple[int, ProcessExit]] = []  # (monotonic ns received, exit)
+        self._held_exits: deque[tuple[int, ProcessExit]] = deque()  # (monotonic ns received, exit)
+        self.out = Coalescer(ctx.emit)
         self._reported = {"received": 0, "parse_errors": 0, "incomplete": 0, "start_unknown": 0,
                           "start_estimated": 0}
         self._lost_base: int | None = None
@@ -247,13 +249,19 @@ class AuditProcessSource:
             assert session.records is not None
             next_status = time.monotonic() + _STATUS_EVERY_S
             while not stop.is_set():
-                if self._step(session, conn, 0.05 if self._held_exits else 0.2) and self.batch_s:
+                due = self.out.due_in(time.monotonic_ns())
+                timeout = 0.05 if self._held_exits else 0.2
+                if self._step(session, conn, timeout if due is None else max(min(due, timeout), 0.001)) \
+                        and self.batch_s:
                     # A burst costs a few wake-ups, not one per exec: let records queue up.
                     stop.wait(self.batch_s)
+                if self.out.due_in(time.monotonic_ns()) == 0:
+                    self.out.flush()
                 if time.monotonic() >= next_status:
                     next_status = time.monotonic() + _STATUS_EVERY_S
                     self._count_lost(session)
             self._step(session, conn, 0, final=True)
+            self.out.flush()
             self._count_lost(session)
         finally:
             if conn is not None:
@@ -276,12 +284,12 @@ class AuditProcessSource:
             self._read_connector(conn)
         self._read_audit(session, out)
         now = time.monotonic_ns()
-        release = [ex for t, ex in self._held_exits if final or now - t >= _EXIT_HOLD_NS]
-        self._held_exits = [(t, ex) for t, ex in self._held_exits if not (final or now - t >= _EXIT_HOLD_NS)]
-        out.extend(release)
+        held = self._held_exits  # in arrival order: release from the front
+        while held and (final or now - held[0][0] >= _EXIT_HOLD_NS):
+            out.append(held.popleft()[1])
         self._report()
         if out:
-            self.ctx.emit(out)
+            self.out.add(out, now)
         return bool(out) or self.assembler.received != received
 
     def _read_connector(self, conn: ProcConnector) -> None:

@@ -23,7 +23,7 @@ from heron.agent.linux.netlink import NetlinkOverrun
 from heron.agent.linux.proc_connector import Exec, Exit, Fork, ProcConnector, ProcEvent, parse_event
 from heron.agent.linux.proc_connector import probe as probe_connector
 from heron.agent.linux.procfs import ARGV_MAX_BYTES, ProcessGone, ProcFS, split_argv
-from heron.agent.sources.base import ProbeResult, SourceContext
+from heron.agent.sources.base import Coalescer, ProbeResult, SourceContext
 from heron.agent.sources.process.procfs import snapshot
 from heron.schema.events import Event, Process, ProcessExec, ProcessExit, process_key
 
@@ -163,6 +163,7 @@ class ProcConnectorProcessSource:
         self.exits = ExitConverter(self.known, self.boot_id, ctx.host.clk_tck, self.name)
         self.start_unknown = 0
         self._reported: dict[str, int] = {}
+        self.out = Coalescer(ctx.emit)
 
     def snapshot(self) -> list[Process]:
         procs = snapshot(self.procfs, self.boot_id)
@@ -173,8 +174,12 @@ class ProcConnectorProcessSource:
         conn = ProcConnector()
         try:
             while not stop.is_set():
-                self._step(conn, 0.2)
+                due = self.out.due_in(time.monotonic_ns())
+                self._step(conn, 0.2 if due is None else max(due, 0.001))
+                if self.out.due_in(time.monotonic_ns()) == 0:
+                    self.out.flush()
             self._step(conn, 0)  # flush what the kernel already queued
+            self.out.flush()
         finally:
             conn.close()
 
@@ -210,7 +215,7 @@ class ProcConnectorProcessSource:
         self.ctx.health.add(f"{self.name}.received", len(events))
         out = self.handle(events, argvs)
         if out:
-            self.ctx.emit(out)
+            self.out.add(out, time.monotonic_ns())
 
     def _cmdline(self, pid: int) -> tuple[list[str], bool] | None:
         # os.open/os.read rather than a buffered file: fewer layers between the event and the read.
