@@ -31,10 +31,18 @@ fi
 stamp=.venv/.heron-installed
 extras=platform
 [ $want_test = 1 ] && extras=platform,test
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! grep -qx "$extras" "$stamp"; then
+# The test extras include the plain ones: a venv installed for tests serves `heron up` too.
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! grep -qx -e "$extras" -e "platform,test" "$stamp"; then
     echo "heron: installing python packages ($extras)" >&2
     .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
     echo "$extras" > "$stamp"
+fi
+# Put `heron` on PATH (as root): a link to this checkout's wrapper, unless another heron is there.
+link=/usr/local/bin/heron
+if [ "$(id -u)" = 0 ] && [ -d /usr/local/bin ]; then
+    if [ ! -e "$link" ] || { [ -L "$link" ] && [ "$(basename "$(readlink "$link")")" = heron ]; }; then
+        [ "$(readlink "$link" 2>/dev/null)" = "$here/heron" ] || ln -sfn "$here/heron" "$link"
+    fi
 fi
 # Build the eBPF objects against this kernel's BTF (skipped, with the reason, when not possible).
 .venv/bin/python -m heron.agent.ebpf.build || echo "heron: eBPF build failed: heron falls back to user-mode collectors" >&2
