@@ -1,0 +1,68 @@
+"""`heron up` as a new user runs it: agent + platform in one command, events visible through
+`heron events`, the console served, and a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+HERON = [sys.executable, "-m", "heron.cli.main"]
+pytestmark = pytest.mark.privileged
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_up_shows_processes_in_events_and_console(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("batch_max_delay_s = 0.2\n[dedupe]\nwindow_s = 0.2\n")
+    up = subprocess.Popen([*HERON, "up", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data"),
+                           "--config", str(cfg)], stderr=subprocess.PIPE, text=True)
+    assert up.stderr is not None
+    lines: list[str] = []
+    try:
+        while not any("collectors" in line for line in lines):
+            line = up.stderr.readline()
+            assert line, "heron up exited early:\n" + "".join(lines)
+            lines.append(line)
+        banner = "".join(lines)
+        m = re.search(r"console: (http://127\.0\.0\.1:\d+)/#token=(\S+)", banner)
+        assert m, banner
+        url, token = m.group(1), m.group(2)
+        assert token == (tmp_path / "data" / "platform" / "admin.token").read_text().strip()
+
+        marker = f"heron-up-{uuid.uuid4().hex[:8]}"
+        subprocess.run(["/bin/sh", "-c", f"exit 5 # {marker}"], check=False)
+        found: list[dict[str, object]] = []
+        deadline = time.monotonic() + 20
+        while not found and time.monotonic() < deadline:
+            out = subprocess.run([*HERON, "events", "--url", url, "--token", token, "--json", "--limit", "200"],
+                                 capture_output=True, text=True, check=True).stdout
+            found = [json.loads(x) for x in out.splitlines() if marker in x]
+            time.sleep(0.3)
+        assert found, "the process never reached the platform"
+        ev = found[0]["event"]
+        assert isinstance(ev, dict) and ev["type"] == "process.exec"
+        assert ev["process"]["argv"] == ["/bin/sh", "-c", f"exit 5 # {marker}"]
+
+        page = urllib.request.urlopen(f"{url}/", timeout=5).read().decode()
+        assert "<script" in page and "heron" in page.lower()
+    finally:
+        up.send_signal(signal.SIGTERM)
+        rc = up.wait(30)
+    assert rc == 0
