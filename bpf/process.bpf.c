@@ -218,7 +218,9 @@ static __always_inline int on_exit(struct task_struct *p, bool group_dead)
 	__u32 tgid = BPF_CORE_READ(p, tgid);
 	char comm[HERON_COMM_LEN];
 	bpf_get_current_comm(comm, sizeof(comm));
-	if (comm_excluded(comm) || bpf_map_lookup_elem(&heron_excl_tgid, &tgid)) {
+	/* Only the exec decides: a reported process that renames itself (prctl PR_SET_NAME) to an
+	 * excluded comm must not be able to hide its exit. */
+	if (bpf_map_lookup_elem(&heron_excl_tgid, &tgid)) {
 		bpf_map_delete_elem(&heron_excl_tgid, &tgid);
 		stat_add(HERON_STAT_EXCLUDED);
 		return 0;

@@ -23,6 +23,11 @@ def test_defaults_and_valid_file(tmp_path: Path) -> None:
     ("[dedupe]\nwindow_s = -1\n", "dedupe.window_s"),
     ("[process\n", "invalid TOML"),
     ("bogus = 1\n", "bogus"),
+    ("[[filter.exclude]]\ncomm = 're:('\n", "filter.exclude[0]: bad regular expression"),
+    ("[[filter.exclude]]\n", "filter.exclude[0]: a filter rule needs at least one field"),
+    ("[[filter.include]]\ncomm = 'a-sixteen-bytes!'\n", "longer than a kernel task name"),
+    ("[dedupe]\nmax_entries = 0\n", "dedupe.max_entries"),
+    ("[spool]\nsegment_mb = 0\n", "spool.segment_mb"),
 ])
 def test_errors_name_the_key(tmp_path: Path, text: str, names: str) -> None:
     p = tmp_path / "bad.toml"

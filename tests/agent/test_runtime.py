@@ -95,3 +95,37 @@ def test_pinned_unavailable_is_an_error(host: Host, monkeypatch: pytest.MonkeyPa
     with pytest.raises(ladder.PinnedMechanismUnavailable, match="not on this kernel"):
         ladder.choose("process", host, "never")
     assert ladder.choose("process", host).selected is ProcfsProcessSource
+
+
+class FailsToStart(ExplodingSource):
+    mechanism: ClassVar[str] = "fails_to_start"
+
+    def snapshot(self) -> list[Process]:
+        raise OSError("ring buffer map could not be created")
+
+
+def test_rung_that_fails_to_start_falls_back(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(registry.LADDERS, "process", [FailsToStart, ProcfsProcessSource])
+    sink = ListSink()
+    agent = Agent(config(collectors={}), [sink], host=host)
+    agent.start()
+    assert agent.collectors_in_use() == {"process": "procfs"}
+    agent.stop()
+    messages = [m for e in sink.events if isinstance(e, AgentHealth) for m in e.messages]
+    assert any("fails_to_start failed to start" in m and "falling back to process.procfs" in m for m in messages)
+
+
+def test_a_batch_that_breaks_the_pipeline_costs_only_that_batch(host: Host) -> None:
+    sink = ListSink()
+    agent = Agent(config(), [sink], host=host, emit_snapshot=False)
+    agent.start()
+    bad = ProcessExec(ts=1, process=Process(key="k", pid=1))
+    bad.process.argv = None  # type: ignore[assignment]  # a record no transform expects
+    agent._emit([bad])
+    marker = uuid.uuid4().hex[:8]
+    subprocess.run(["/bin/sh", "-c", f"sleep 0.6 # heron-after-{marker}"], check=True)
+    time.sleep(0.3)
+    agent.stop()
+    assert any(isinstance(e, ProcessExec) and marker in " ".join(e.process.argv) for e in sink.events)
+    health = [e for e in sink.events if isinstance(e, AgentHealth)]
+    assert health[-1].counters.get("pipeline.errors", 0) >= 1

@@ -100,3 +100,18 @@ def test_sighup_with_bad_config_keeps_last_good(tmp_path: Path) -> None:
     assert not any(f"heron-hidden-{marker}" in a for a in argvs), "the last good filter must still apply"
     notes = [m for e in events if e["type"] == "agent.health" for m in e.get("messages", [])]
     assert any("config reload rejected" in m and "$.dedupe.window_s" in m for m in notes)
+
+
+@pytest.mark.privileged
+def test_repeated_sighup_then_sigterm_exits_cleanly(tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("[process]\npoll_interval_s = 0.2\n")
+    agent = start_agent(out, "--collector", "process=procfs", "--config", str(cfg))
+    for _ in range(5):
+        agent.send_signal(signal.SIGHUP)
+    time.sleep(1.2)
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(30) == 0
+    notes = [m for line in out.read_text().splitlines() for m in json.loads(line).get("messages", [])]
+    assert "configuration reloaded" in notes

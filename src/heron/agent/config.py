@@ -80,10 +80,35 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True):
             (self.health_interval_s > 0, "health_interval_s must be > 0"),
             (self.batch_max_events > 0, "batch_max_events must be > 0"),
             (self.spool.max_mb > 0, "spool.max_mb must be > 0"),
+            (0 < self.spool.segment_mb <= self.spool.max_mb, "spool.segment_mb must be > 0 and <= spool.max_mb"),
+            (self.dedupe.max_entries > 0, "dedupe.max_entries must be > 0"),
+            (0 <= self.process.ancestors_max <= 64, "process.ancestors_max must be between 0 and 64"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        self._check_filters()
+
+    def _check_filters(self) -> None:
+        """Compile every rule now, so a bad pattern is a config error (start-up or reload), not a
+        crash in the pipeline."""
+        import re
+
+        from heron.agent.transforms.filter import compile_rule  # here: filter imports this module
+
+        for kind in ("include", "exclude"):
+            for i, rule in enumerate(getattr(self.filter, kind)):
+                where = f"filter.{kind}[{i}]"
+                try:
+                    compile_rule(rule)
+                except re.error as e:
+                    raise ValueError(f"{where}: bad regular expression: {e}") from None
+                except ValueError as e:
+                    raise ValueError(f"{where}: {e}") from None
+                comm = rule.comm
+                if comm and not comm.startswith("re:") and len(comm.encode()) > 15:
+                    raise ValueError(f"{where}.comm: {comm!r} is longer than a kernel task name (15 bytes) "
+                                     "and can never match; match the exe instead")
 
 
 def parse_config(data: dict[str, object]) -> AgentConfig:

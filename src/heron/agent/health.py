@@ -12,6 +12,8 @@ import resource
 import threading
 import time
 
+MAX_MESSAGES = 100
+
 
 class Health:
     def __init__(self) -> None:
@@ -30,9 +32,13 @@ class Health:
         return self.counters.get(name, 0)
 
     def note(self, message: str) -> None:
-        """A human-readable event (fallback, config error) shipped with the next health record."""
+        """A human-readable event (fallback, config error) shipped with the next health record.
+        At most MAX_MESSAGES wait for it (the schema's bound); the rest are counted."""
         with self._lock:
-            self.messages.append(message)
+            if len(self.messages) < MAX_MESSAGES:
+                self.messages.append(message[:4096])
+            else:
+                self.add("health.messages_dropped")
 
     def take_messages(self) -> list[str]:
         with self._lock:

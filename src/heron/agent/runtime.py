@@ -9,7 +9,6 @@ pipeline drains the queue and the dedupe window, writes a last health record and
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -34,6 +33,9 @@ log = logging.getLogger("heron.agent")
 
 CAPABILITIES = ("process",)
 SWEEP_INTERVAL_S = 30.0
+# Between the sources and the pipeline: past this many events a source's batch is dropped and
+# counted rather than letting memory grow (the kernel side keeps its own drop counters).
+MAX_QUEUED_EVENTS = 200_000
 
 
 @dataclass
@@ -61,7 +63,9 @@ class Agent:
         self.host = host or detect_host()
         self.health = health or Health()
         self.emit_snapshot = emit_snapshot
-        self.queue: queue.Queue[Sequence[Event]] = queue.Queue(maxsize=4096)
+        self.queue: queue.Queue[Sequence[Event]] = queue.Queue()
+        self._queued = 0  # events in the queue, bounded by MAX_QUEUED_EVENTS
+        self._queued_lock = threading.Lock()
         self.stop_sources = threading.Event()
         self.stopped = threading.Event()
         self.running: dict[str, RunningSource] = {}
@@ -99,10 +103,17 @@ class Agent:
 
     # -- sources -----------------------------------------------------------------------------
     def _emit(self, events: Sequence[Event]) -> None:
-        try:
-            self.queue.put_nowait(events)
-        except queue.Full:
-            self.health.add("pipeline.dropped", len(events))
+        n = len(events)
+        with self._queued_lock:
+            if self._queued + n > MAX_QUEUED_EVENTS:
+                self.health.add("pipeline.dropped", n)
+                return
+            self._queued += n
+        self.queue.put_nowait(events)
+
+    def _dequeued(self, batch: Sequence[Event]) -> None:
+        with self._queued_lock:
+            self._queued -= len(batch)
 
     def start(self) -> None:
         """Choose a mechanism per capability (raises if a pinned one cannot run) and start."""
@@ -117,7 +128,24 @@ class Agent:
                 reasons = "; ".join(f"{m}: {r.reason}" for m, r in choice.probes.items())
                 self.health.note(f"no {cap} collector can run here ({reasons})")
                 continue
-            self._start_source(choice, choice.selected)
+            self._start_with_fallback(choice, choice.selected)
+
+    def _start_with_fallback(self, choice: ladder.Choice, cls: type[Source]) -> None:
+        """Start ``cls``; if it fails after passing its probe, go down the ladder (never when pinned)."""
+        current: type[Source] | None = cls
+        while current is not None:
+            try:
+                self._start_source(choice, current)
+                return
+            except Exception as e:
+                if choice.pinned:
+                    raise
+                nxt = ladder.next_after(choice, current.mechanism)
+                log.error("%s failed to start: %r", source_name(current), e)
+                self.health.add(f"{source_name(current)}.failures")
+                target = source_name(nxt) if nxt else "nothing"
+                self.health.note(f"{source_name(current)} failed to start ({e!r}); falling back to {target}")
+                current = nxt
 
     def _start_source(self, choice: ladder.Choice, cls: type[Source]) -> None:
         ctx = SourceContext(self.host, self.health, self._emit, self.options_for(choice.capability))
@@ -149,7 +177,10 @@ class Agent:
                 self.health.note(f"{name} failed ({e!r}); no collector left for {choice.capability}")
                 return
             self.health.note(f"{name} failed ({e!r}); falling back to {source_name(nxt)}")
-            self._start_source(choice, nxt)
+            try:
+                self._start_with_fallback(choice, nxt)
+            except Exception:
+                log.exception("no fallback could start for %s", choice.capability)
 
     def collectors_in_use(self) -> dict[str, str]:
         return {cap: rs.source.mechanism for cap, rs in self.running.items() if not rs.failed}
@@ -190,6 +221,15 @@ class Agent:
         if p.dedupe.folded != before:
             self.health.add("dedupe.folded", p.dedupe.folded - before)
 
+    def _process_guarded(self, batch: Sequence[Event], now: int) -> None:
+        """A bug or a hostile record in one batch costs that batch (counted), never the pipeline."""
+        try:
+            self._process(batch, now)
+        except Exception:
+            log.exception("pipeline failed on a batch of %d events", len(batch))
+            self.health.add("pipeline.errors")
+            self.health.add("pipeline.dropped", len(batch))
+
     def _pipeline_loop(self) -> None:
         cfg = self.config
         last_ship = time.monotonic()
@@ -203,18 +243,21 @@ class Agent:
                 batch: Sequence[Event] | None = self.queue.get(timeout=0.1 if busy else 1.0)
             except queue.Empty:
                 batch = None
+            if batch:
+                self._dequeued(batch)
             mono = time.monotonic()
             with self._lock:
                 now = time.time_ns()
                 if batch:
-                    self._process(batch, now)
+                    self._process_guarded(batch, now)
                     # Drain what is already queued before shipping: bigger batches, fewer writes.
                     while len(self.pipeline.out) < cfg.batch_max_events:
                         try:
                             more = self.queue.get_nowait()
                         except queue.Empty:
                             break
-                        self._process(more, now)
+                        self._dequeued(more)
+                        self._process_guarded(more, now)
                 else:
                     self.pipeline.out.extend(self.pipeline.dedupe.release(now))
                 finishing = not batch and self.stop_sources.is_set() and self._sources_done()
@@ -225,7 +268,11 @@ class Agent:
                     self.pipeline.out.append(self.health_event())
                 if mono >= next_sweep:
                     next_sweep = mono + SWEEP_INTERVAL_S
-                    self.health.add("process.table_swept", self.table.sweep(self.host.proc_root))
+                    try:
+                        self.health.add("process.table_swept", self.table.sweep(self.host.proc_root))
+                    except Exception:
+                        log.exception("process table sweep failed")
+                        self.health.add("pipeline.errors")
                 out = self.pipeline.out
                 if out and (len(out) >= cfg.batch_max_events or mono - last_ship >= cfg.batch_max_delay_s
                             or finishing):
@@ -244,8 +291,7 @@ class Agent:
         deadline = time.monotonic() + timeout
         for rs in list(self.running.values()):
             rs.thread.join(max(0.1, deadline - time.monotonic()))
-        with contextlib.suppress(queue.Full):
-            self.queue.put_nowait(())  # wake the pipeline: the sources are done
+        self.queue.put_nowait(())  # wake the pipeline: the sources are done
         if self._pipeline_thread is not None:
             self._pipeline_thread.join(max(0.1, deadline - time.monotonic()))
         for sink in self.sinks:

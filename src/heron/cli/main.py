@@ -137,13 +137,17 @@ def run_agent(args: argparse.Namespace, extra_sinks: Sequence[Sink] = ()) -> int
     sinks = _build_sinks(args, config, health) + list(extra_sinks)
     agent = Agent(config, sinks, health=health)
     done = threading.Event()
+    reload_requested = threading.Event()
 
+    # Handlers only set flags: the work happens on the main loop below, never inside a handler
+    # (a handler runs between two bytecodes of whatever the main thread holds, locks included).
     def _stop(signum: int, _frame: object) -> None:
         done.set()
 
-    def _reload(signum: int, _frame: object) -> None:
-        if not args.config:
-            return
+    def _hup(signum: int, _frame: object) -> None:
+        reload_requested.set()
+
+    def reload() -> None:
         try:
             agent.reconfigure(load_config(args.config))
         except ConfigError as e:  # keep the last good config
@@ -153,16 +157,25 @@ def run_agent(args: argparse.Namespace, extra_sinks: Sequence[Sink] = ()) -> int
     # Handlers before start: a SIGTERM during start-up still flushes what was observed.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGHUP, _reload)
+    signal.signal(signal.SIGHUP, _hup)
     try:
         agent.start()
     except (ladder.PinnedMechanismUnavailable, ladder.UnknownMechanism) as e:
         print(f"heron: {e}", file=sys.stderr)
         agent.stop(timeout=5)
         return 2
+    except Exception as e:  # a collector that passed its probe and then failed to start
+        logging.getLogger("heron").exception("start-up failed")
+        print(f"heron: start-up failed: {e!r}", file=sys.stderr)
+        agent.stop(timeout=5)
+        return 2
     in_use = ", ".join(f"{c}={m}" for c, m in agent.collectors_in_use().items()) or "none"
     print(f"heron agent {__version__}: collectors {in_use}", file=sys.stderr, flush=True)
-    done.wait()
+    while not done.wait(0.5):
+        if reload_requested.is_set():
+            reload_requested.clear()
+            if args.config:
+                reload()
     agent.stop()
     return 0
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 import sys
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 import msgspec
 
@@ -15,6 +15,10 @@ from heron.schema.events import EVENT_TYPES, FIELD_DOCS, SCHEMA_VERSION, HostInf
 
 
 def _type_name(t: Any) -> str:
+    if get_origin(t) is Annotated:
+        base, *metas = get_args(t)
+        bounds = [f"at most {m.max_length}" for m in metas if getattr(m, "max_length", None) is not None]
+        return _type_name(base) + (f" ({', '.join(bounds)} items)" if bounds else "")
     s = str(t).replace("typing.", "").replace("heron.schema.events.", "")
     return s.replace("<class '", "").replace("'>", "").replace(" | ", " or ")
 

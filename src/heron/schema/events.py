@@ -8,9 +8,15 @@ definitions (``python -m heron.schema.docgen``): keep the field docstrings in ``
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 SCHEMA_VERSION = 1
+
+# Bounds a decoder enforces (the platform decodes what agents send): a few bytes of zstd must not
+# become millions of objects. Collectors stay far below them (argv is cut at a byte limit).
+ArgvList = Annotated[list[str], msgspec.Meta(max_length=65_536)]
 
 
 def process_key(boot_id: str, pid: int, start_ticks: int) -> str:
@@ -40,7 +46,7 @@ class Process(msgspec.Struct, kw_only=True, omit_defaults=True):
     start_ticks: int = 0
     exe: str = ""
     comm: str = ""
-    argv: list[str] = msgspec.field(default_factory=list)
+    argv: ArgvList = msgspec.field(default_factory=list)
     argv_truncated: bool = False
     cwd: str | None = None
     uid: int = -1
@@ -56,7 +62,7 @@ class Process(msgspec.Struct, kw_only=True, omit_defaults=True):
     container_runtime: str | None = None
     pod_uid: str | None = None
     parent_key: str | None = None
-    ancestors: list[Ancestor] = msgspec.field(default_factory=list)
+    ancestors: Annotated[list[Ancestor], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
 
 
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="type"):
@@ -98,11 +104,11 @@ class AgentHealth(Event, tag="agent.health"):
 
     agent_version: str
     uptime_s: float
-    collectors: dict[str, str]  # capability -> mechanism in use
-    counters: dict[str, int]  # component.counter -> value since start
+    collectors: Annotated[dict[str, str], msgspec.Meta(max_length=64)]  # capability -> mechanism in use
+    counters: Annotated[dict[str, int], msgspec.Meta(max_length=10_000)]  # component.counter -> value
     cpu_s: float
     rss_bytes: int
-    messages: list[str] = msgspec.field(default_factory=list)
+    messages: Annotated[list[str], msgspec.Meta(max_length=1_000)] = msgspec.field(default_factory=list)
 
 
 AnyEvent = ProcessExec | ProcessExit | AgentHealth

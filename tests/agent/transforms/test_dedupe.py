@@ -43,3 +43,11 @@ def test_window_zero_passes_through_and_bound_releases_early() -> None:
     d = Deduper(window_s=100, max_entries=10)
     out = d.push([ex(i, ["x", str(i)]) for i in range(25)], 0)
     assert len(out) == 15 and len(d) == 10
+
+
+def test_snapshot_records_are_never_folded() -> None:
+    d = Deduper(window_s=1)
+    workers = [ex(i, ["nginx: worker process"]) for i in range(4)]
+    for w in workers:
+        w.source = "process.snapshot"
+    assert len(d.push(workers, 0) + d.release(0, everything=True)) == 4

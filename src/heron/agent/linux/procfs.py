@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from heron.schema.events import Process, process_key
 
 ARGV_MAX_BYTES = 32 * 1024
+# The schema's bound on argv items (heron.schema.events.ArgvList): a longer argv is cut here and
+# flagged, or the platform would refuse the whole batch it travels in.
+ARGV_MAX_ITEMS = 65_536
 _GONE = {errno.ENOENT, errno.ESRCH}
 
 
@@ -35,7 +38,10 @@ def split_argv(raw: bytes, limit: int = ARGV_MAX_BYTES) -> tuple[list[str], bool
         raw = raw[:-1]
     if not raw:
         return [], truncated
-    return [decode(a) for a in raw.split(b"\0")], truncated
+    parts = raw.split(b"\0", ARGV_MAX_ITEMS)
+    if len(parts) > ARGV_MAX_ITEMS:
+        parts, truncated = parts[:ARGV_MAX_ITEMS], True
+    return [decode(a) for a in parts], truncated
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from heron.schema.events import Event, ProcessExec
 
+SNAPSHOT = "process.snapshot"
 DedupeKey = tuple[str, tuple[str, ...], str | None, int, str | None, str | None]
 
 
@@ -35,7 +36,8 @@ class Deduper:
         if self.window_ns == 0:
             return list(events)
         for ev in events:
-            if isinstance(ev, ProcessExec):
+            # The start-up snapshot lists what runs, one record per process: never folded.
+            if isinstance(ev, ProcessExec) and ev.source != SNAPSHOT:
                 k = exec_key(ev)
                 held = self.index.get(k)
                 if held is not None:

@@ -57,14 +57,18 @@ def compile_rule(rule: MatchRule) -> Callable[[Process], bool]:
     return lambda p: all(any(pred(v) for v in get(p)) for get, pred in tests)
 
 
+KERNEL_COMM_EXCLUDES_MAX = 256  # the size of the BPF map; the Python filter applies every rule anyway
+
+
 def kernel_excluded_comms(cfg: FilterConfig) -> list[str]:
     """Exclude rules that are a plain comm name and nothing else: the kernel can apply these."""
     out = []
     for r in cfg.exclude:
         only_comm = all(getattr(r, f) is None for f in _GETTERS if f != "comm")
-        if only_comm and r.comm and not r.comm.startswith("re:") and not _GLOB_CHARS.intersection(r.comm):
-            out.append(r.comm[:15])
-    return out
+        plain = r.comm and not r.comm.startswith("re:") and not _GLOB_CHARS.intersection(r.comm)
+        if only_comm and plain and r.comm and len(r.comm.encode()) <= 15:
+            out.append(r.comm)
+    return out[:KERNEL_COMM_EXCLUDES_MAX]
 
 
 class ProcessFilter:
@@ -87,6 +91,8 @@ class ProcessFilter:
         for ev in events:
             if isinstance(ev, ProcessExec):
                 if self.keep(ev.process):
+                    # The key survives execve: `sh -c 'exec curl'` drops sh but must keep curl's exit.
+                    self._dropped_keys.pop(ev.process.key, None)
                     out.append(ev)
                     continue
                 self._dropped_keys[ev.process.key] = None

@@ -1,8 +1,9 @@
 """Process collection by polling /proc: the last rung of the ladder.
 
 What it misses, plainly: any process that starts and exits between two polls is never seen,
-exit codes are unknown (the parent reaps them), and argv is whatever the process shows at poll
-time (it may have rewritten it). It needs nothing but a readable /proc.
+exit codes are unknown (the parent reaps them), argv is whatever the process shows at poll
+time (it may have rewritten it), and an exec without fork is seen only when the task name
+changes (and only the last of several execs between two polls). It needs nothing but a readable /proc.
 """
 
 from __future__ import annotations
@@ -59,11 +60,13 @@ class ProcfsProcessSource:
         events: list[Event] = []
         for pid in self.procfs.pids():
             try:
-                start = self.procfs.stat(pid).start_ticks
+                st = self.procfs.stat(pid)
             except (ProcessGone, OSError):
                 continue
             old = self._known.get(pid)
-            if old is not None and old[0] == start:
+            # Same start time and same task name: the same program. An exec without fork keeps
+            # the start time but changes the name (two programs with one name are missed).
+            if old is not None and old[0] == st.start_ticks and old[2] == st.comm:
                 seen[pid] = old
                 continue
             try:
@@ -73,7 +76,7 @@ class ProcfsProcessSource:
             seen[pid] = (proc.start_ticks, proc.exe, proc.comm)
             events.append(ProcessExec(ts=now, source=self.name, process=proc))
         for pid, (start, exe, comm) in self._known.items():
-            if seen.get(pid, (None,))[0] != start:
+            if seen.get(pid, (None,))[0] != start:  # an exec keeps its start time: no exit then
                 events.append(
                     ProcessExit(ts=now, source=self.name, key=process_key(boot_id, pid, start), pid=pid,
                                 exe=exe, comm=comm)
