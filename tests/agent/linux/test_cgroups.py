@@ -4,6 +4,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -210,6 +211,62 @@ def test_runtimes_present_matches_binaries() -> None:
 def test_this_process_is_not_in_a_container() -> None:
     # The test runner runs on the host: its own cgroup text must not be taken for a container.
     assert container_of(Path("/proc/self/cgroup").read_text()) is None
+
+
+def test_names_below_a_user_manager_are_not_containers() -> None:
+    # systemd delegates user@UID.service to that user: a docker-<id>.scope there is the user's claim.
+    spoof = f"/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{HEX64}.scope"
+    assert container_of_uncached(spoof) is None
+    assert container_of_uncached(spoof.replace("user@1000.service", "user-runtime-dir@1000.service")) is not None
+    # A real container above the user manager (systemd inside a container) is still found.
+    real = "b" * 64
+    ref = container_of_uncached(f"/system.slice/docker-{real}.scope{spoof}")
+    assert ref is not None and (ref.runtime, ref.id) == ("docker", real)
+
+
+def _v2_root() -> Path:
+    for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
+        if (root / "cgroup.controllers").exists():
+            return root
+    pytest.skip("no cgroup v2 hierarchy mounted")
+
+
+@pytest.mark.privileged
+def test_unprivileged_user_cannot_fake_a_container_in_its_delegated_cgroup() -> None:
+    """What systemd does for user@UID.service, done by hand: a cgroup chowned to nobody. nobody then
+    makes docker-<id>.scope in it and moves itself there; the kernel's own text must not convince us."""
+    top = _v2_root() / f"heron-test-{os.getpid()}.slice"
+    manager = top / "user@65534.service"
+    spoof = manager / f"docker-{HEX64}.scope"
+    manager.mkdir(parents=True)
+    child = None
+    try:
+        for path in (manager, manager / "cgroup.procs", manager / "cgroup.subtree_control"):
+            os.chown(path, 65534, 65534)
+        child = subprocess.Popen(
+            ["/bin/sh", "-c", f'read go; mkdir "{spoof}" && echo $$ > "{spoof}/cgroup.procs" && cat /proc/self/cgroup'],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            preexec_fn=lambda: (os.setresgid(65534, 65534, 65534), os.setresuid(65534, 65534, 65534)))
+        (manager / "cgroup.procs").write_text(str(child.pid))  # what systemd does when it starts the manager
+        text, _ = child.communicate("go\n", timeout=10)
+        assert child.returncode == 0
+        assert f"user@65534.service/docker-{HEX64}.scope" in text, text  # nobody made it, the kernel says so
+        assert container_of_uncached(text) is None
+        assert container_of(text) is None
+    finally:
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
+        for d in (spoof, manager, top):
+            for _ in range(50):  # rmdir fails while the exited child is still being released
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
+        assert not top.exists()
 
 
 # -- real containers --------------------------------------------------------------------------------

@@ -261,3 +261,42 @@ def test_refused_while_another_daemon_owns_audit(host: Host, audit_before: audit
             src.run(threading.Event())
     finally:
         owner.close()
+
+
+@pytest.mark.privileged
+def test_exec_between_snapshot_and_run_is_reported(host: Host, audit_before: audit.AuditStatus) -> None:
+    col = Collector()
+    src = AuditProcessSource(SourceContext(host, Health(), col, {}))
+    src.snapshot()
+    marker = f"heron-gap-{uuid.uuid4().hex[:8]}"
+    # Execs and exits before run() begins: only a session opened by snapshot() sees it.
+    child = subprocess.Popen(["/bin/sh", "-c", f"exit 6 # {marker}"])
+    assert child.wait(10) == 6
+    stop = threading.Event()
+    th = threading.Thread(target=src.run, args=(stop,), daemon=True)
+    th.start()
+    try:
+        [ev] = execs_with(col, marker)
+        assert ev.process.pid == child.pid and ev.process.argv == ["/bin/sh", "-c", f"exit 6 # {marker}"]
+        exits = col.wait_for(lambda e: isinstance(e, ProcessExit) and e.pid == child.pid)
+        assert len(exits) == 1 and isinstance(exits[0], ProcessExit) and exits[0].exit_code == 6
+        assert exits[0].key == ev.process.key
+    finally:
+        stop.set()
+        th.join(10)
+    assert not th.is_alive()
+    # audit_before's teardown verifies that run() restored the audit state.
+
+
+@pytest.mark.privileged
+def test_close_without_run_restores_audit(host: Host, audit_before: audit.AuditStatus) -> None:
+    src = AuditProcessSource(SourceContext(host, Health(), Collector(), {}))
+    src.snapshot()
+    ctl = audit.AuditControl()
+    try:
+        assert ctl.status().pid == os.getpid()  # the snapshot made us the daemon already
+    finally:
+        ctl.close()
+    src.close()
+    src.close()
+    # audit_before's teardown verifies that rules, pid and enabled flag were restored.

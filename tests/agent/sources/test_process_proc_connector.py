@@ -120,3 +120,62 @@ def test_thousand_quick_execs_all_seen(source: tuple[Collector, Health],
               f"start estimated {health.get('process.proc_connector.start_estimated')}, "
               f"unknown {health.get('process.proc_connector.start_unknown')}")
     assert health.get("process.proc_connector.argv_lost") >= lost
+
+
+def socket_fds() -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the listing's own fd, closed by now
+        if target.startswith("socket:"):
+            out.add(f"{fd}={target}")
+    return out
+
+
+@pytest.mark.privileged
+def test_process_between_snapshot_and_run_is_reported(host: Host) -> None:
+    col = Collector()
+    src = ProcConnectorProcessSource(SourceContext(host, Health(), col, {}))
+    src.snapshot()
+    # Forks, execs and exits before run() begins: only a subscription made by snapshot() sees it.
+    child = subprocess.Popen(["/bin/sh", "-c", "exit 5"])
+    assert child.wait(10) == 5
+    stop = threading.Event()
+    th = threading.Thread(target=src.run, args=(stop,), daemon=True)
+    th.start()
+    try:
+        exits = col.wait_for(lambda e: isinstance(e, ProcessExit) and e.pid == child.pid)
+        assert len(exits) == 1 and isinstance(exits[0], ProcessExit) and exits[0].exit_code == 5
+        execs = col.find(lambda e: isinstance(e, ProcessExec) and e.process.pid == child.pid)
+        assert len(execs) == 1 and isinstance(execs[0], ProcessExec)
+        assert execs[0].process.ppid == os.getpid()
+    finally:
+        stop.set()
+        th.join(10)
+    assert not th.is_alive()
+
+
+@pytest.mark.privileged
+def test_run_without_snapshot_and_close_without_run(host: Host) -> None:
+    before = socket_fds()
+    col = Collector()
+    src = ProcConnectorProcessSource(SourceContext(host, Health(), col, {}))
+    stop = threading.Event()
+    th = threading.Thread(target=src.run, args=(stop,), daemon=True)
+    th.start()
+    time.sleep(0.2)
+    child = subprocess.Popen(["/bin/sh", "-c", "exit 4"])
+    assert child.wait(10) == 4
+    assert col.wait_for(lambda e: isinstance(e, ProcessExit) and e.pid == child.pid)
+    stop.set()
+    th.join(10)
+    assert not th.is_alive() and socket_fds() == before  # run() closed its socket
+    # A source whose run() never comes: close() releases what snapshot() opened.
+    other = ProcConnectorProcessSource(SourceContext(host, Health(), Collector(), {}))
+    other.snapshot()
+    assert len(socket_fds() - before) == 1
+    other.close()
+    other.close()
+    assert socket_fds() == before

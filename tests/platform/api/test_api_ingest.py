@@ -25,7 +25,7 @@ from heron.platform.api.ingest import decompress_capped
 from heron.platform.storage.base import EventQuery
 from heron.schema.events import encode_events
 
-BOMB_SIZE = 65 << 20  # just over the 64 MiB cap
+BOMB_SIZE = 17 << 20  # just over the 16 MiB cap
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_decompression_bomb_gets_413(platform: Platform, agent: EnrolledAgent, b
 
 
 def test_decompress_cap_stops_streaming_early(bombs: dict[str, bytes]) -> None:
-    # Without a declared size the cap is enforced while reading: a 1 MiB cap stops a 65 MiB output.
+    # Without a declared size the cap is enforced while reading: a 1 MiB cap stops a 17 MiB output.
     with pytest.raises(ApiError) as err:
         decompress_capped(bombs["undeclared"], 1 << 20)
     assert err.value.status == 413

@@ -122,11 +122,27 @@ def test_limit_is_capped(platform: Platform, agent: EnrolledAgent) -> None:
 
 @pytest.mark.parametrize("params", [
     {"pid": "abc"}, {"after_id": "1.5"}, {"limit": "many"}, {"since": "yesterday"}, {"until": "2023-13-45"},
-    {"exe": "x" * 2000},
+    {"exe": "x" * 2000}, {"since": "\u00b2"}, {"since": "--5"},
 ])
 def test_invalid_parameters_get_400(platform: Platform, params: dict[str, str]) -> None:
     r = platform.client.get("/api/v1/events", params=params, headers=platform.admin)
     assert r.status_code == 400 and r.json()["error"]
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("pid", str(1 << 63)), ("pid", str(-(1 << 63) - 1)), ("after_id", str(1 << 63)),
+    ("after_id", "9" * 1000), ("since", str(1 << 63)), ("until", str(-(1 << 63) - 1)),
+    ("since", "2263-01-01T00:00:00Z"), ("until", "9999-12-31T23:59:59Z"),
+])
+def test_values_beyond_int64_get_400_not_500(platform: Platform, name: str, value: str) -> None:
+    r = platform.client.get("/api/v1/events", params={name: value}, headers=platform.admin)
+    assert r.status_code == 400 and r.json() == {"error": f"{name} is out of range (64-bit signed integer)"}
+
+
+def test_int64_edges_are_accepted(platform: Platform, loaded: dict[str, str]) -> None:
+    assert query(platform, pid=(1 << 63) - 1, after_id=-(1 << 63)) == []
+    assert pids(query(platform, since=-(1 << 63), until=(1 << 63) - 1, type="process.exit")) == [100]
+    assert pids(query(platform, until="2262-04-11T00:00:00Z", type="process.exit")) == [100]
 
 
 def test_health_needs_no_token(platform: Platform) -> None:

@@ -13,6 +13,14 @@ docker container belongs to that docker container and a conmon on the host belon
 
 A process in a Kubernetes pod's cgroup but in no container's (rare: the pod cgroup normally only
 holds container cgroups) yields None, since a ContainerRef always has an id.
+
+Nothing at or below a ``user@<uid>.service`` component counts (the walk goes on above it). That is
+systemd's per-user manager, and systemd delegates its whole subtree to that user: any user can
+``systemd-run --user --scope --unit docker-<64 hex>`` or mkdir there, so a name below it proves
+nothing about who made it. Rootless docker and podman live there too and are reported as the host
+(None): their containers run as that user, who could fake them just as easily, so a container id
+from there would be the user's claim rather than a fact. (The eBPF collector sends only the
+"parent/leaf" pair, so it can see the boundary only when it is the leaf's parent.)
 """
 
 from __future__ import annotations
@@ -87,6 +95,8 @@ _POD = re.compile(rf"pod(?P<uid>{_UID})|[a-z-]*-pod(?P<suid>{_UID})\.slice")
 _BARE_PARENT_RUNTIME = {"docker": "docker", "k8s.io": "containerd", "default": "containerd", "moby": "docker"}
 # A line of /proc/PID/cgroup: "hierarchy-id:controllers:path" (the path itself may contain ':').
 _PROC_LINE = re.compile(r"\d+:[^:\n]*:(.*)")
+# systemd's per-user manager: the subtree below it is delegated to an unprivileged user.
+_USER_MANAGER = re.compile(r"user@\d+\.service")
 
 
 def _pod_uid(parts: list[str], below: int) -> str | None:
@@ -99,7 +109,9 @@ def _pod_uid(parts: list[str], below: int) -> str | None:
 
 def _from_path(path: str) -> ContainerRef | None:
     parts = [p for p in path.split("/") if p]
-    for i in range(len(parts) - 1, -1, -1):
+    # Components from ``trusted`` on are in a user-delegated subtree: names there are not evidence.
+    trusted = next((i for i, p in enumerate(parts) if _USER_MANAGER.fullmatch(p)), len(parts))
+    for i in range(trusted - 1, -1, -1):
         comp = parts[i]
         if _HELPER.fullmatch(comp):
             continue

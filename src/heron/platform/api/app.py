@@ -128,5 +128,5 @@ def create_app(storage: Storage, config: PlatformConfig | None = None) -> Starle
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
         middleware=[Middleware(SecurityHeaders)],
     )
-    app.state.heron = PlatformContext(storage=storage, config=cfg)
+    app.state.heron = PlatformContext.create(storage, cfg)
     return app

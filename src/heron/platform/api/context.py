@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import functools
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
+import anyio
+import anyio.to_thread
 from starlette.requests import Request
 
 from heron.platform.storage.base import Storage
@@ -12,7 +19,11 @@ from heron.platform.storage.base import Storage
 @dataclass(frozen=True)
 class PlatformConfig:
     max_body_bytes: int = 8 << 20  # compressed ingest body (docs/wire.md)
-    max_decompressed_bytes: int = 64 << 20  # larger output is a decompression bomb
+    # Larger output is a decompression bomb. Decoding costs far more memory than these bytes
+    # (a 1-byte msgpack string is a ~50-byte object), so the cap is kept low.
+    max_decompressed_bytes: int = 16 << 20
+    max_batch_events: int = 100_000  # a batch claiming more events is refused before decoding
+    ingest_workers: int = 2  # batches decoded and stored at once: bounds ingest memory
     max_json_body_bytes: int = 64 << 10  # enrol / agent update bodies
     max_query_limit: int = 1000
     default_query_limit: int = 100
@@ -20,10 +31,42 @@ class PlatformConfig:
     retention_interval_s: float = 3600.0
 
 
+T = TypeVar("T")
+
+
+class WorkLimiter:
+    """Runs blocking work in threads, at most ``slots`` at a time; callers over that wait
+    asynchronously (holding no thread). One anyio limiter per event loop, as an asyncio primitive
+    belongs to the loop that first waits on it (tests run an app on several loops)."""
+
+    def __init__(self, slots: int) -> None:
+        if slots < 1:
+            raise ValueError("slots must be >= 1")
+        self.slots = slots
+        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _limiter(self) -> anyio.CapacityLimiter:
+        loop = asyncio.get_running_loop()
+        limiter = self._limiters.get(loop)
+        if limiter is None:
+            limiter = self._limiters[loop] = anyio.CapacityLimiter(self.slots)
+        return limiter
+
+    async def run(self, func: Callable[..., T], *args: object) -> T:
+        return await anyio.to_thread.run_sync(functools.partial(func, *args), limiter=self._limiter())
+
+
 @dataclass(frozen=True)
 class PlatformContext:
     storage: Storage
     config: PlatformConfig
+    ingest_limiter: WorkLimiter = field(default_factory=lambda: WorkLimiter(1))
+
+    @classmethod
+    def create(cls, storage: Storage, config: PlatformConfig) -> PlatformContext:
+        return cls(storage, config, WorkLimiter(config.ingest_workers))
 
 
 class ApiError(Exception):
@@ -46,7 +89,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it exceeds ``limit`` (never buffered whole)."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):  # "²".isdigit(), but int("²") fails
             raise ApiError(400, "invalid Content-Length")
         if int(declared) > limit:
             raise ApiError(413, f"body larger than {limit} bytes")

@@ -2,12 +2,16 @@
 
 Everything in the body is hostile until decoded: the compressed size is capped while reading, the
 decompressed size is capped while decompressing (a bomb is refused before it is allocated), and
-events must pass the schema. A batch id already stored answers ``duplicate`` and stores nothing.
+events must pass the schema. Decoding costs many times the decompressed size in objects, so a batch
+claiming too many events is refused before decoding, and few batches are decoded at once (the
+context's ``ingest_limiter``): a burst of requests queues instead of multiplying memory. A batch
+id already stored answers ``duplicate`` and stores nothing.
 """
 
 from __future__ import annotations
 
 import re
+import struct
 import time
 
 import msgspec
@@ -48,6 +52,23 @@ def decompress_capped(body: bytes, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def declared_length(raw: bytes) -> int | None:
+    """The element count a msgpack array header declares, or None if ``raw`` is not an array."""
+    if not raw:
+        return None
+    head = raw[0]
+    if 0x90 <= head <= 0x9F:  # fixarray
+        return head & 0x0F
+    try:
+        if head == 0xDC:  # array 16
+            return int(struct.unpack_from(">H", raw, 1)[0])
+        if head == 0xDD:  # array 32
+            return int(struct.unpack_from(">I", raw, 1)[0])
+    except struct.error:
+        return None  # truncated header: the decoder says so
+    return None
+
+
 def event_row(event: AnyEvent) -> EventRow:
     data = to_json(event)
     if isinstance(event, ProcessExec):
@@ -60,14 +81,23 @@ def event_row(event: AnyEvent) -> EventRow:
 
 def store_batch(ctx: PlatformContext, agent_id: str, batch_id: str, body: bytes) -> IngestResult:
     raw = decompress_capped(body, ctx.config.max_decompressed_bytes)
+    limit = ctx.config.max_batch_events
+    declared = declared_length(raw)
+    if declared is not None and declared > limit:
+        raise ApiError(400, f"batch declares {declared} events; at most {limit} per batch")
     try:
         events = decode_events(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise ApiError(400, f"invalid events: {str(e)[:_MAX_ERROR]}") from None
+    del raw
     rows = [event_row(e) for e in events]
     health = [e for e in events if isinstance(e, AgentHealth)]
     last_health = to_json(max(health, key=lambda h: h.ts)) if health else None
-    return ctx.storage.ingest_batch(agent_id, batch_id, rows, last_health, time.time_ns())
+    del events, health
+    try:
+        return ctx.storage.ingest_batch(agent_id, batch_id, rows, last_health, time.time_ns())
+    except OverflowError:  # an integer (ts, pid) the schema allows but SQLite's int64 cannot hold
+        raise ApiError(400, "invalid events: integer out of range (64-bit signed)") from None
 
 
 async def ingest(request: Request) -> Response:
@@ -89,5 +119,5 @@ async def ingest(request: Request) -> Response:
     if await run_in_threadpool(ctx.storage.has_batch, agent_id, batch_id):
         result = IngestResult(accepted=0, duplicate=True)
     else:
-        result = await run_in_threadpool(store_batch, ctx, agent_id, batch_id, body)
+        result = await ctx.ingest_limiter.run(store_batch, ctx, agent_id, batch_id, body)
     return JSONResponse({"accepted": result.accepted, "duplicate": result.duplicate})

@@ -67,7 +67,7 @@ def openapi_document() -> dict[str, object]:
                 ],
                 "requestBody": {"required": True, "content": {"application/x-msgpack": {}}},
                 "responses": _responses((200, '{"accepted": N, "duplicate": false|true}'), *_ERRORS,
-                                        (413, "over 8 MiB compressed or 64 MiB decompressed"),
+                                        (413, "over 8 MiB compressed or 16 MiB decompressed"),
                                         (415, "wrong Content-Type or Content-Encoding")),
             }},
             "/api/v1/events": {"get": {

@@ -19,6 +19,7 @@ from heron.platform.storage.base import AgentRecord, EventQuery
 
 _MAX_PARAM = 1024
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_INT64 = range(-(1 << 63), 1 << 63)  # what SQLite binds; a larger int raises OverflowError
 _encoder = msgspec.json.Encoder()
 
 
@@ -26,24 +27,34 @@ def _json(payload: object) -> Response:
     return Response(_encoder.encode(payload), media_type="application/json")
 
 
+def _in_range(name: str, number: int) -> int:
+    if number not in _INT64:
+        raise ApiError(400, f"{name} is out of range (64-bit signed integer)")
+    return number
+
+
 def _int(name: str, value: str) -> int:
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ApiError(400, f"{name} must be an integer") from None
+    return _in_range(name, number)
 
 
 def parse_time(name: str, value: str) -> int:
     """ns since the epoch, given as an integer of ns or an ISO 8601 time (UTC unless it says)."""
-    if value.lstrip("-").isdigit():
-        return int(value)
+    try:
+        return _in_range(name, int(value))
+    except ValueError:
+        pass  # not an integer: an ISO time
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise ApiError(400, f"{name} must be ns since the epoch or an ISO 8601 time") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return (when - _EPOCH) // timedelta(microseconds=1) * 1000
+    # Past 2262 the ns count leaves int64.
+    return _in_range(name, (when - _EPOCH) // timedelta(microseconds=1) * 1000)
 
 
 def parse_event_query(request: Request) -> EventQuery:

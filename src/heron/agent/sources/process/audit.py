@@ -7,8 +7,13 @@ audit lacks: the start time (read from /proc/PID/stat at once; ``start_unknown``
 exits, which come from the process connector opened alongside. Exits are held ~50 ms so the
 exec of the same process, which audit delivers from a kernel thread, is emitted first.
 
+``snapshot`` opens the audit session and the connector (``start``) before it reads /proc, so an
+exec between the snapshot and ``run`` waits in the sockets (the 32 MiB receive buffer, then the
+kernel's backlog) instead of being missed; the gap is meant to be short.
+
 The session restores the audit state it found (rules, enabled flag, backlog limit, daemon pid)
-when ``run`` returns, when it raises, and at interpreter exit.
+when ``run`` returns, when it raises, on ``close`` (a source whose ``run`` never comes) and at
+interpreter exit.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import select
 import struct
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -28,7 +33,7 @@ from heron.agent.linux import audit
 from heron.agent.linux.caps import has_cap
 from heron.agent.linux.netlink import NLMSG_HDRLEN, NetlinkOverrun, parse
 from heron.agent.linux.proc_connector import Exec, Exit, Fork, ProcConnector, parse_events
-from heron.agent.linux.procfs import ProcessGone, ProcFS, decode
+from heron.agent.linux.procfs import ARGV_MAX_ITEMS, ProcessGone, ProcFS, decode
 from heron.agent.sources.base import Coalescer, ProbeResult, SourceContext
 from heron.agent.sources.process.proc_connector import ExitConverter, KnownProcesses, wall_offset_ns
 from heron.agent.sources.process.procfs import snapshot
@@ -61,7 +66,7 @@ class ExecAssembler:
         self.argv_max = argv_max_bytes
         self.timeout = timeout_s
         self.max_pending = max_pending
-        self.pending: dict[int, _Pending] = {}
+        self.pending: OrderedDict[int, _Pending] = OrderedDict()
         self.received = 0
         self.parse_errors = 0
         self.incomplete = 0
@@ -81,7 +86,7 @@ class ExecAssembler:
         if pend is None:
             if len(self.pending) >= self.max_pending:  # hostile or lost EOEs: bound the memory
                 self.incomplete += 1
-                del self.pending[next(iter(self.pending))]
+                self.pending.popitem(last=False)  # the oldest; O(1), unlike next(iter(dict))
             pend = self.pending[rec.serial] = _Pending(now)
         pend.records.append(rec)
         return None
@@ -170,7 +175,7 @@ class ExecAssembler:
                 self.parse_errors += 1
                 return argv, True
             total += len(arg) + 1
-            if total > self.argv_max:
+            if total > self.argv_max or len(argv) >= ARGV_MAX_ITEMS:
                 return argv, True
             argv.append(decode(arg))
         return argv, False
@@ -229,24 +234,52 @@ class AuditProcessSource:
         # Off by default: a wait lets short-lived processes vanish before /proc is read, so
         # their cgroup is lost and their start time estimated (see batch_ms in the report).
         self.batch_s = float(ctx.options.get("batch_ms", 0)) / 1000
+        self._session: audit.AuditSession | None = None
+        self._conn: ProcConnector | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Becomes the audit daemon with our rules and opens the connector (idempotent)."""
+        with self._lock:
+            if self._session is not None:
+                return
+            # PATH and PROCTITLE would be half of the records per exec: SYSCALL has exe=, EXECVE
+            # the argv. Excluded in the kernel, they cost neither it nor us anything.
+            session = audit.AuditSession(audit.exec_rules(RULE_KEY) + audit.exclude_rules(_EXCLUDED))
+            self._lost_base = session.before.lost
+            try:
+                self._conn = ProcConnector()
+            except OSError as e:
+                self.ctx.health.note(f"{self.name}: no process connector, exits not collected: {e}")
+            self._session = session
+
+    def close(self) -> None:
+        """Closes the sockets and restores the audit state (idempotent): for a source whose ``run``
+        is never called."""
+        with self._lock:
+            session, self._session = self._session, None
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        if session is not None:
+            for problem in session.close():
+                self.ctx.health.note(f"{self.name}: cleanup: {problem}")
 
     def snapshot(self) -> list[Process]:
-        procs = snapshot(self.procfs, self.boot_id)
+        self.start()  # subscribe first: what execs during or after the /proc walk is queued
+        try:
+            procs = snapshot(self.procfs, self.boot_id)
+        except BaseException:
+            self.close()
+            raise
         self.known.seed(procs)
         return procs
 
     def run(self, stop: threading.Event) -> None:
-        # PATH and PROCTITLE would be half of the records per exec: SYSCALL has exe=, EXECVE the
-        # argv. Excluded in the kernel, they cost neither it nor us anything.
-        session = audit.AuditSession(audit.exec_rules(RULE_KEY) + audit.exclude_rules(_EXCLUDED))
-        conn: ProcConnector | None = None
         try:
-            self._lost_base = session.before.lost
-            try:
-                conn = ProcConnector()
-            except OSError as e:
-                self.ctx.health.note(f"{self.name}: no process connector, exits not collected: {e}")
-            assert session.records is not None
+            self.start()
+            session, conn = self._session, self._conn
+            assert session is not None and session.records is not None
             next_status = time.monotonic() + _STATUS_EVERY_S
             while not stop.is_set():
                 due = self.out.due_in(time.monotonic_ns())
@@ -264,10 +297,7 @@ class AuditProcessSource:
             self.out.flush()
             self._count_lost(session)
         finally:
-            if conn is not None:
-                conn.close()
-            for problem in session.close():
-                self.ctx.health.note(f"{self.name}: cleanup: {problem}")
+            self.close()
 
     def _step(self, session: audit.AuditSession, conn: ProcConnector | None, timeout: float,
               final: bool = False) -> bool:

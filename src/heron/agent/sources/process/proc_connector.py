@@ -8,6 +8,9 @@ before any other work. Exits come with their status, so exit codes and signals a
 ``KnownProcesses`` (shared with the audit source, which takes exits from here too) remembers
 what exits need: start time, exe and comm per pid, and parent per forked child. A fork of a new
 process forgets whatever was remembered for its pid, so a reused pid never inherits an identity.
+
+The connector socket is opened by ``snapshot`` (through ``start``) before /proc is read, so a
+process that starts between the snapshot and ``run`` is queued in the socket, not missed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import os
 import struct
 import threading
 import time
-from typing import ClassVar
+from collections import OrderedDict
+from typing import ClassVar, TypeVar
 
 from heron.agent.host import Host
 from heron.agent.linux.netlink import NetlinkOverrun
@@ -31,11 +35,15 @@ _MAX_KNOWN = 32768
 _MAX_RECENT = 4096
 
 
-def _put(d: dict[int, tuple[int, str, str]] | dict[int, int], key: int, value: object, cap: int) -> None:
-    d.pop(key, None)
-    d[key] = value  # type: ignore[assignment]
+_V = TypeVar("_V")
+
+
+def _put(d: OrderedDict[int, _V], key: int, value: _V, cap: int) -> None:
+    d[key] = value
+    d.move_to_end(key)  # a re-insert counts as new
     if len(d) > cap:
-        del d[next(iter(d))]  # oldest insertion first
+        # O(1); a plain dict's next(iter(d)) walks the holes deletions leave at its front.
+        d.popitem(last=False)
 
 
 class KnownProcesses:
@@ -45,10 +53,10 @@ class KnownProcesses:
         self.procfs = procfs
         self.clk_tck = clk_tck
         self.cap = cap
-        self.info: dict[int, tuple[int, str, str]] = {}
-        self.recent_exits: dict[int, tuple[int, str, str]] = {}
-        self.parents: dict[int, int] = {}
-        self.fork_ticks: dict[int, int] = {}
+        self.info: OrderedDict[int, tuple[int, str, str]] = OrderedDict()
+        self.recent_exits: OrderedDict[int, tuple[int, str, str]] = OrderedDict()
+        self.parents: OrderedDict[int, int] = OrderedDict()
+        self.fork_ticks: OrderedDict[int, int] = OrderedDict()
         self.estimated = 0  # start times taken from the fork event because /proc was too late
 
     def seed(self, procs: list[Process]) -> None:
@@ -164,15 +172,37 @@ class ProcConnectorProcessSource:
         self.start_unknown = 0
         self._reported: dict[str, int] = {}
         self.out = Coalescer(ctx.emit)
+        self._conn: ProcConnector | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Opens the connector socket (idempotent). From then on the kernel queues every event."""
+        with self._lock:
+            if self._conn is None:
+                self._conn = ProcConnector()
+
+    def close(self) -> None:
+        """Closes the socket (idempotent): for a source whose ``run`` is never called."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     def snapshot(self) -> list[Process]:
-        procs = snapshot(self.procfs, self.boot_id)
+        self.start()  # subscribe first: what starts during or after the /proc walk is queued
+        try:
+            procs = snapshot(self.procfs, self.boot_id)
+        except BaseException:
+            self.close()
+            raise
         self.known.seed(procs)
         return procs
 
     def run(self, stop: threading.Event) -> None:
-        conn = ProcConnector()
         try:
+            self.start()
+            conn = self._conn
+            assert conn is not None
             while not stop.is_set():
                 due = self.out.due_in(time.monotonic_ns())
                 self._step(conn, 0.2 if due is None else max(due, 0.001))
@@ -181,7 +211,7 @@ class ProcConnectorProcessSource:
             self._step(conn, 0)  # flush what the kernel already queued
             self.out.flush()
         finally:
-            conn.close()
+            self.close()
 
     def _step(self, conn: ProcConnector, timeout: float, limit: int = 4096) -> None:
         # Each exec's cmdline is read the moment its datagram is received, before the rest of
