@@ -67,6 +67,9 @@ class ExplodingSource:
     def run(self, stop: threading.Event) -> None:
         raise OSError("ring buffer went away")
 
+    def close(self) -> None:
+        pass
+
 
 def test_failing_rung_falls_back_and_says_so(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(registry.LADDERS, "process", [ExplodingSource, ProcfsProcessSource])

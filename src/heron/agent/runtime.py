@@ -9,6 +9,7 @@ pipeline drains the queue and the dedupe window, writes a last health record and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -150,10 +151,15 @@ class Agent:
     def _start_source(self, choice: ladder.Choice, cls: type[Source]) -> None:
         ctx = SourceContext(self.host, self.health, self._emit, self.options_for(choice.capability))
         src = cls(ctx)
-        procs = src.snapshot()
+        try:
+            procs = src.snapshot()  # sources subscribe first, then read /proc: no gap
+            with self._lock:
+                self.pipeline.enrich.load_snapshot(procs)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                src.close()  # sockets, audit rules, BPF links: nothing left behind
+            raise
         now = time.time_ns()
-        with self._lock:
-            self.pipeline.enrich.load_snapshot(procs)
         if self.emit_snapshot:
             snap = [ProcessExec(ts=now, source="process.snapshot", process=p) for p in procs]
             self._emit(snap)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 import zstandard
@@ -47,3 +49,28 @@ def test_garbage_is_a_decode_error() -> None:
     not_events = zstandard.ZstdCompressor().compress(msgspec.msgpack.encode([{"type": "nope"}]))
     with pytest.raises(msgspec.ValidationError):
         decode_batch(not_events)
+
+
+def test_sink_cuts_batches_below_the_platforms_decoded_limit(tmp_path: Path) -> None:
+    """1,000 execs with 16 KiB argv each are ~16 MiB of msgpack: the sink must split them so no
+    spooled batch exceeds MAX_RAW_BATCH_BYTES (the platform refuses more than 16 MiB)."""
+    from heron.agent.sinks.encode import MAX_RAW_BATCH_BYTES, decompress_bounded
+    from heron.agent.sinks.platform import PlatformSink
+    from heron.agent.spool.segments import Spool
+    from heron.schema.events import HostInfo, Process, ProcessExec
+
+    host = HostInfo(hostname="h", machine_id="m", boot_id="b" * 32, kernel="k", distro="d", arch="a")
+    sink = PlatformSink("http://127.0.0.1:9", "t", tmp_path / "state", host, start=False, batch_max_events=1000)
+    big = [ProcessExec(ts=i, process=Process(key=f"k{i}", pid=i, argv=[f"{i}" + "x" * 16_000])) for i in range(1000)]
+    sink.write(big)
+    sink.close()
+    spool = Spool(tmp_path / "state" / "spool")
+    sizes, total = [], 0
+    while (rec := spool.read_next()) is not None:
+        batch_id, payload = rec
+        raw = decompress_bounded(payload[4:])
+        sizes.append(len(raw))
+        total += 1
+        spool.ack(batch_id)
+    spool.close()
+    assert total >= 4 and max(sizes) <= MAX_RAW_BATCH_BYTES

@@ -380,3 +380,25 @@ def test_https_verifies_the_platform_certificate(tls_platform: FakePlatform, tmp
     assert trusted.drain(timeout=10)
     trusted.close()
     assert keys(tls_platform) == sorted(f"trusted{i}" for i in range(20))
+
+
+def test_unreadable_spool_is_retried_and_loses_nothing(platform: FakePlatform, tmp_path: Path) -> None:
+    health = Health()
+    sink = make_sink(platform, tmp_path, health)
+    seg = next((tmp_path / "spool").glob("*.seg"))  # the segment the writer appends to
+    aside = seg.with_suffix(".aside")
+    seg.rename(aside)  # the writer's descriptor follows the file; readers open the path
+    seg.mkdir()  # so every read fails with EISDIR: an I/O error, not corruption
+    try:
+        sink.write(exits(40, "io"))
+        wait_for(lambda: health.get("spool.read_errors") >= 2)
+        assert sink._thread.is_alive() and platform.events() == []
+        assert health.get("spool.corrupt_skips") == 0 and sink.spool.pending_records == 2
+        assert any("spool unreadable" in m for m in health.messages)
+    finally:
+        seg.rmdir()
+        aside.rename(seg)
+    assert sink.drain(timeout=10)
+    assert keys(platform) == sorted(f"io{i}" for i in range(40))
+    assert health.get("spool.dropped_records") == 0
+    sink.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import struct
 from pathlib import Path
 
@@ -339,3 +341,69 @@ def test_one_process_per_spool(tmp_path: Path) -> None:
     assert "in use by another process" in run()
     s.close()
     assert run() == ""
+
+
+def test_emfile_on_read_skips_nothing(tmp_path: Path) -> None:
+    health = Health()
+    s = open_spool(tmp_path, health)
+    payloads = [bytes([65 + i]) * 500 for i in range(20)]  # several segments
+    for p in payloads:
+        s.append(p)
+    files = segment_files(tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = len(os.listdir("/proc/self/fd")) + 16
+    fillers: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        with pytest.raises(OSError) as full:  # a real EMFILE: every descriptor this process may have is taken
+            for _ in range(limit + 1):
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+        assert full.value.errno == errno.EMFILE
+        for _ in range(2):
+            with pytest.raises(OSError) as e:
+                s.read_next()
+            assert e.value.errno == errno.EMFILE
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert segment_files(tmp_path) == files and s.pending_records == 20
+    assert drain(s) == payloads  # the same records, from the first
+    assert health.get("spool.corrupt_skips") == 0 and health.get("spool.dropped_records") == 0
+    s.close()
+
+
+def test_unreadable_segment_raises_until_it_is_readable_again(tmp_path: Path) -> None:
+    health = Health()
+    s = open_spool(tmp_path, health)
+    payloads = [bytes([65 + i]) * 500 for i in range(20)]
+    for p in payloads:
+        s.append(p)
+    first = s.read_next()
+    assert first is not None
+    s.ack(first[0])
+    head = segment_files(tmp_path)[0]
+    aside = head.with_suffix(".aside")
+    head.rename(aside)
+    head.mkdir()  # open() now fails with EISDIR: an I/O error, not corruption
+    for _ in range(2):
+        with pytest.raises(IsADirectoryError):
+            s.read_next()
+    assert s.pending_records == 19 and health.get("spool.corrupt_skips") == 0
+    head.rmdir()
+    aside.rename(head)
+    assert drain(s) == payloads[1:]
+    assert health.get("spool.corrupt_skips") == 0 and health.get("spool.dropped_records") == 0
+    s.close()
+
+
+def test_segment_deleted_behind_our_back_is_skipped_and_counted(tmp_path: Path) -> None:
+    health = Health()
+    s = open_spool(tmp_path, health)
+    payloads = [bytes([65 + i]) * 500 for i in range(20)]
+    ids = [s.append(p) for p in payloads]
+    in_first = sum(1 for i in ids if parse_batch_id(i)[1] == parse_batch_id(ids[0])[1])
+    segment_files(tmp_path)[0].unlink()  # waiting cannot bring it back: count the loss, go on
+    assert drain(s) == payloads[in_first:]
+    assert health.get("spool.corrupt_skips") == 1 and health.get("spool.dropped_records") == in_first
+    s.close()

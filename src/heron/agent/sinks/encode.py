@@ -14,7 +14,9 @@ import zstandard
 from heron.schema.events import AnyEvent, Event, decode_events, encode_events
 
 ZSTD_LEVEL = 3
-MAX_DECOMPRESSED = 64 << 20  # docs/wire.md: a larger output is a decompression bomb
+MAX_DECOMPRESSED = 16 << 20  # docs/wire.md: a larger output is a decompression bomb
+# The agent cuts batches well below the platform's limits: a batch's msgpack stays under this.
+MAX_RAW_BATCH_BYTES = 4 << 20
 
 
 class DecodeError(ValueError):
@@ -26,8 +28,13 @@ class BatchEncoder:
         self._zstd = zstandard.ZstdCompressor(level=level)
 
     def encode(self, events: Sequence[Event]) -> bytes:
-        data: bytes = self._zstd.compress(encode_events(list(events)))
-        return data
+        return self.encode_sized(events)[0]
+
+    def encode_sized(self, events: Sequence[Event]) -> tuple[bytes, int]:
+        """(zstd body, size of the msgpack inside it)."""
+        raw = encode_events(list(events))
+        data: bytes = self._zstd.compress(raw)
+        return data, len(raw)
 
 
 _shared = BatchEncoder()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from heron.agent.health import Health
 from heron.agent.sinks.base import Ack, Sink
-from heron.agent.sinks.encode import BatchEncoder
+from heron.agent.sinks.encode import MAX_RAW_BATCH_BYTES, BatchEncoder
 from heron.agent.sinks.http_client import PlatformClient, PlatformError
 from heron.agent.spool.segments import Spool, SpoolError
 from heron.schema.events import Event, HostInfo
@@ -104,8 +104,9 @@ class PlatformSink:
         self.health.set("spool.pending", self.spool.pending_records)
 
     def _append(self, events: list[Event]) -> None:
-        body = self._encoder.encode(events)
-        if len(body) > MAX_BODY_BYTES and len(events) > 1:  # over the wire limit: halve until it fits
+        body, raw_len = self._encoder.encode_sized(events)
+        # Over the wire limit or the platform's decoded-size limit: halve until it fits.
+        if (len(body) > MAX_BODY_BYTES or raw_len > MAX_RAW_BATCH_BYTES) and len(events) > 1:
             half = len(events) // 2
             self._append(events[:half])
             self._append(events[half:])
@@ -197,7 +198,12 @@ class PlatformSink:
             except PlatformError as e:
                 self._trouble(f"platform {self.client.url} unavailable: {e}")
                 return None
-        rec = self.spool.read_next()
+        try:
+            rec = self.spool.read_next()
+        except OSError as e:  # unreadable for now (EMFILE, EIO): nothing was skipped, retry after a backoff
+            self.health.add("spool.read_errors")
+            self._trouble(f"spool unreadable ({e}); its records stay there")
+            return None
         if rec is None:
             return False
         batch_id, payload = rec

@@ -61,6 +61,10 @@ class Source(Protocol):
 
     def run(self, stop: threading.Event) -> None: ...
 
+    def close(self) -> None:
+        """Release kernel resources when ``run`` never ran (run releases them itself); idempotent."""
+        ...
+
 
 def source_name(cls: type[Source] | Source) -> str:
     return f"{cls.capability}.{cls.mechanism}"

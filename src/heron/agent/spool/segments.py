@@ -37,6 +37,9 @@ Durability
   to its last good record (``spool.truncated_tails``); a corrupt record met while reading any other
   segment skips the rest of that segment (``spool.corrupt_skips``, with the records lost counted in
   ``spool.dropped_records`` when the header walk knew them).
+- Corruption means the bytes are wrong (magic, length or CRC), cut short, or the segment file is gone.
+  Any other I/O error while reading (EMFILE, EIO, ...) raises from ``read_next`` and changes nothing:
+  the record may be intact, so the caller retries later (the platform sink's shipper backs off).
 
 Threads: one writer (``append``) and one reader (``read_next``/``ack``) may run concurrently; a lock
 guards the segment table and is held while one record is read (a page-cache read, not network).
@@ -293,7 +296,8 @@ class Spool:
 
     # -- reader --------------------------------------------------------------------------------------
     def read_next(self) -> tuple[str, bytes] | None:
-        """The oldest record not yet acked (the same one until it is acked), or None if all are."""
+        """The oldest record not yet acked (the same one until it is acked), or None if all are.
+        Raises OSError when the record cannot be read for now (nothing is skipped: call again)."""
         with self._lock:
             while True:
                 seq, off = self._state.acked
@@ -315,18 +319,22 @@ class Spool:
                 self._advance_past(seg)
 
     def _pread(self, seg: _Segment, off: int) -> bytes | None:
+        """The record at ``off``, or None if it is corrupt. Other OSErrors propagate: skipping the
+        segment for a transient error (EMFILE, EIO) would delete records that are intact."""
         try:
-            with open(seg.path, "rb", buffering=0) as f:
-                fd = f.fileno()
-                header = os.pread(fd, HEADER_SIZE, off)
-                if len(header) < HEADER_SIZE:
-                    return None
-                magic, length, crc = _HEADER.unpack(header)
-                if magic != MAGIC or off + HEADER_SIZE + length > seg.size:
-                    return None
-                payload = os.pread(fd, length, off + HEADER_SIZE)
-        except OSError:
-            return None
+            fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None  # deleted behind our back: its records are gone, waiting cannot bring them back
+        try:
+            header = os.pread(fd, HEADER_SIZE, off)
+            if len(header) < HEADER_SIZE:
+                return None
+            magic, length, crc = _HEADER.unpack(header)
+            if magic != MAGIC or off + HEADER_SIZE + length > seg.size:
+                return None
+            payload = os.pread(fd, length, off + HEADER_SIZE)
+        finally:
+            os.close(fd)
         if len(payload) != length or zlib.crc32(payload) != crc:
             return None
         return payload

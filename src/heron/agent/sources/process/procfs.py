@@ -85,6 +85,9 @@ class ProcfsProcessSource:
         self.ctx.health.add(f"{self.name}.received", len(events))
         return events
 
+    def close(self) -> None:
+        pass  # holds nothing between polls
+
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             events = self.poll_once()
