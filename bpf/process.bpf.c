@@ -17,6 +17,8 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+#define CG_WALK_MAX 12 /* cgroup ancestors looked at for a user manager */
+
 /* Read by user space from the object's .rodata to refuse a stale object. */
 const volatile __u32 heron_abi_version = HERON_ABI_VERSION;
 /* Never read: keeps struct heron_exit in the object's BTF for the ABI test. */
@@ -130,6 +132,24 @@ static __always_inline struct kernfs_node *v1_cgroup_kn(struct css_set *cset)
 	return kn;
 }
 
+/* True when a cgroup at or above kn is a systemd user manager ("user@UID.service"): below it the
+ * user creates and names cgroups, so a "docker-<id>.scope" there proves nothing. Only the last two
+ * names are sent to user space, so the kernel has to look at the rest of the path. */
+static __always_inline int under_user_manager(struct kernfs_node *kn)
+{
+	char name[6];
+	for (int i = 0; i < CG_WALK_MAX; i++) {
+		if (!kn)
+			return 0;
+		const char *n = BPF_CORE_READ(kn, name);
+		if (n && bpf_probe_read_kernel_str(name, sizeof(name), n) == sizeof(name) &&
+		    name[0] == 'u' && name[1] == 's' && name[2] == 'e' && name[3] == 'r' && name[4] == '@')
+			return 1;
+		kn = kn_parent(kn);
+	}
+	return 0;
+}
+
 static __always_inline int comm_excluded(const char *comm)
 {
 	return bpf_map_lookup_elem(&heron_excl_comm, comm) != 0;
@@ -185,6 +205,8 @@ static __always_inline int on_exec(struct task_struct *p, pid_t old_pid, struct 
 	struct kernfs_node *kn1 = v1_cgroup_kn(cset);
 	e->cg1_leaf_len = put_kn_name(data, &off, kn1);
 	e->cg1_parent_len = put_kn_name(data, &off, kn1 ? kn_parent(kn1) : 0);
+	if (under_user_manager(kn2) || under_user_manager(kn1))
+		e->flags |= HERON_F_USER_CGROUP;
 
 	struct mm_struct *mm = BPF_CORE_READ(p, mm);
 	unsigned long arg_start = BPF_CORE_READ(mm, arg_start);

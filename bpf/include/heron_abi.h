@@ -19,6 +19,7 @@
 /* heron_exec.flags */
 #define HERON_F_ARGV_TRUNCATED 0x1 /* argv was longer than HERON_ARGV_MAX and was cut */
 #define HERON_F_ARGV_FAULT 0x2     /* argv could not be read from user memory */
+#define HERON_F_USER_CGROUP 0x4    /* the cgroup is below a user@UID.service (user-delegated) */
 
 #define HERON_COMM_LEN 16
 #define HERON_FILENAME_MAX 512 /* bprm->filename, NUL included */

@@ -380,3 +380,35 @@ def test_exec_from_a_thread_reports_the_thread(running: Running) -> None:
     assert isinstance(ev, ProcessExec)
     assert tid != child.pid
     assert (ev.process.pid, ev.process.tid) == (child.pid, tid)
+
+
+@pytest.mark.parametrize(("manager", "expect_container"), [("system.slice", True), ("user@4242.service", False)])
+def test_fake_container_cgroup_below_a_user_manager_is_not_a_container(
+        running: Running, manager: str, expect_container: bool) -> None:
+    """Only the last two cgroup names reach user space; the kernel flags a user manager above them,
+    so a user-made `docker-<id>.scope` below user@UID.service is not taken for a container."""
+    from heron.agent.linux.cgroups import container_of
+
+    cid = uuid.uuid4().hex * 2
+    top = Path("/sys/fs/cgroup/unified") / f"heron-test-{uuid.uuid4().hex[:8]}"
+    leaf = top / manager / "app.slice" / f"docker-{cid}.scope"
+    leaf.mkdir(parents=True)
+    marker = f"heron-cg-{uuid.uuid4()}"
+    child = _spawn_in(marker, [leaf])
+    try:
+        (ev,) = running.col.wait_for(exec_with(marker))
+        assert isinstance(ev, ProcessExec) and ev.process.cgroup is not None
+        ref = container_of(ev.process.cgroup)
+        assert (ref is not None and ref.id == cid) is expect_container, ev.process.cgroup
+    finally:
+        child.kill()
+        child.wait()
+        for d in (leaf, leaf.parent, leaf.parent.parent, top):
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)

@@ -18,6 +18,7 @@ EV_EXIT = 2
 
 F_ARGV_TRUNCATED = 0x1
 F_ARGV_FAULT = 0x2
+F_USER_CGROUP = 0x4  # the cgroup is below a user@UID.service: its names are the user's to choose
 
 COMM_LEN = 16
 FILENAME_MAX = 512

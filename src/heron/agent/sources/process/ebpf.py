@@ -197,6 +197,9 @@ class EbpfProcessSource:
         # The v2 names when the process is below the v2 root, else the v1 (pids/memory) ones.
         leaf, parent = (names[0], names[1]) if names[0] else (names[2], names[3])
         cgroup = decode(parent + b"/" + leaf if parent else leaf) if leaf else None
+        if cgroup and flags & abi.F_USER_CGROUP:
+            # Below a user manager the names are the user's: say so, so no container is inferred.
+            cgroup = "user@0.service/" + cgroup
         if exe and exe[0] != "/" and self.resolve_relative_exe:
             exe = self._resolve(pid, exe)
         tck = self.clk_tck
