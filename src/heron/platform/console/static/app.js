@@ -46,7 +46,18 @@
   // -- DOM helpers (textContent only) ---------------------------------------------------------
   function cell(text, cls) {
     const td = document.createElement("td");
-    td.textContent = text === null || text === undefined ? "" : String(text);
+    const value = text === null || text === undefined ? "" : String(text);
+    if (cls === "argv") {
+      // Long command lines (a JSON blob, an env dump) are clamped to three lines; a click shows all.
+      const box = document.createElement("div");
+      box.className = "clamp";
+      box.textContent = value;
+      box.title = "click to show the whole command line";
+      box.addEventListener("click", () => box.classList.toggle("open"));
+      td.appendChild(box);
+    } else {
+      td.textContent = value;
+    }
     if (cls) td.className = cls;
     return td;
   }
