@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from heron.agent.ebpf import build
+from heron.agent.host import detect_host
+from heron.agent.sources import ladder
 
 
 def test_object_built_and_found() -> None:
@@ -40,3 +45,13 @@ def test_missing_clang_is_one_clear_line() -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "missing clang" in lines[0], proc.stderr
     assert build.object_path("process") is not None  # the existing object is left alone
+
+
+def test_without_the_object_the_ladder_goes_on_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No clang on the host at bootstrap -> no object: the agent still starts, on the next rung."""
+    monkeypatch.setattr(build, "OBJ_DIR", tmp_path)
+    monkeypatch.setenv("PATH", "/nonexistent")  # and nothing to build it with
+    choice = ladder.choose("process", detect_host())
+    assert not choice.probes["ebpf"].ok
+    assert "process.bpf.o" in choice.probes["ebpf"].reason and "clang" in choice.probes["ebpf"].reason
+    assert choice.selected is not None and choice.selected.mechanism != "ebpf"
