@@ -115,3 +115,9 @@ def test_repeated_sighup_then_sigterm_exits_cleanly(tmp_path: Path) -> None:
     assert agent.wait(30) == 0
     notes = [m for line in out.read_text().splitlines() for m in json.loads(line).get("messages", [])]
     assert "configuration reloaded" in notes
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path: Path) -> None:
+    r = subprocess.run([*HERON, "agent", "--output", f"jsonl:{tmp_path}/no/such/dir/x"], capture_output=True,
+                       timeout=60)
+    assert r.returncode != 0 and b"cannot write" in r.stderr and b"Traceback" not in r.stderr

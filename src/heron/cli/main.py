@@ -64,7 +64,10 @@ def _build_sinks(args: argparse.Namespace, config: AgentConfig, health: Health) 
         if kind == "jsonl":
             if not arg:
                 raise SystemExit("heron: --output jsonl:PATH needs a path")
-            sinks.append(JsonlSink(arg))
+            try:
+                sinks.append(JsonlSink(arg))
+            except OSError as e:
+                raise SystemExit(f"heron: cannot write {arg}: {e.strerror or e}") from None
         elif kind == "stdout":
             sinks.append(JsonlSink(None))
         elif kind == "platform":
