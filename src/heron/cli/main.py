@@ -71,7 +71,10 @@ def _build_sinks(args: argparse.Namespace, config: AgentConfig, health: Health) 
         elif kind == "stdout":
             sinks.append(JsonlSink(None))
         elif kind == "platform":
-            sinks.append(_platform_sink(config, health))
+            try:
+                sinks.append(_platform_sink(config, health))
+            except OSError as e:
+                raise SystemExit(f"heron: cannot use state dir {config.state_dir}: {e.strerror or e}") from None
         else:
             raise SystemExit(f"heron: unknown output {spec!r} (jsonl:PATH, stdout, platform)")
     return sinks
