@@ -23,17 +23,9 @@ import pytest
 
 from heron.platform.client import list_events
 from heron.platform.server import ServerHandle, start_in_thread
+from sysutil import free_port
 
 pytestmark = pytest.mark.privileged
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def start_agent(url: str, data: Path, state: Path) -> subprocess.Popen[bytes]:

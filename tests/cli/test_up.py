@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from sysutil import free_port
+
 HERON = [sys.executable, "-m", "heron.cli.main"]
 pytestmark = pytest.mark.privileged
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_up_shows_processes_in_events_and_console(tmp_path: Path) -> None:

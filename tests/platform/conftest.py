@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 
 from heron.platform.api.app import create_app
 from heron.platform.api.context import PlatformConfig
-from heron.platform.server import open_data_dir
+from heron.platform.server import ServerHandle, open_data_dir, start_in_thread
 
 
 @pytest.fixture
@@ -27,3 +27,11 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
 @pytest.fixture
 def agent(platform: Platform) -> EnrolledAgent:
     return enroll(platform)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerHandle]:
+    """The real platform on a loopback ephemeral port, in a thread."""
+    handle = start_in_thread("127.0.0.1", 0, tmp_path / "platform")
+    yield handle
+    handle.stop()

@@ -3,7 +3,6 @@ enrol, ship through the spool, events stored once and queryable."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,17 +10,10 @@ from platform_helpers import exec_event, exit_event
 
 from heron.agent.host import detect_host
 from heron.platform.client import list_agents, list_events
-from heron.platform.server import ServerHandle, start_in_thread
+from heron.platform.server import ServerHandle
 
 sinks = pytest.importorskip("heron.agent.sinks.platform")
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerHandle]:
-    handle = start_in_thread("127.0.0.1", 0, tmp_path / "platform")
-    yield handle
-    handle.stop()
 
 
 def test_agent_ships_to_platform(server: ServerHandle, tmp_path: Path) -> None:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,15 +18,9 @@ from platform_helpers import batch_body, exec_event, exit_event, host_facts
 
 from heron.platform.client import events_command, follow_events, list_agents, list_events
 from heron.platform.server import ServerHandle, start_in_thread
+from sysutil import free_port
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerHandle]:
-    handle = start_in_thread("127.0.0.1", 0, tmp_path / "platform")
-    yield handle
-    handle.stop()
 
 
 def enroll_and_ingest(url: str, enrollment_token: str, events: list[object], batch: str) -> tuple[str, str]:
@@ -134,17 +126,13 @@ def test_bad_token_and_unreachable_server_fail_cleanly(server: ServerHandle,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     assert events_command(server.url, "wrong", False, {}, False, io.StringIO()) == 1
     assert "HTTP 401" in capsys.readouterr().err
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+    closed = free_port()
     assert events_command(f"http://127.0.0.1:{closed}", "t", False, {}, False, io.StringIO()) == 1
     assert "cannot reach" in capsys.readouterr().err
 
 
 def test_serve_blocks_until_sigterm(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     code = ("import sys; from pathlib import Path; from heron.platform.server import serve; "
             "serve('127.0.0.1', int(sys.argv[1]), Path(sys.argv[2]), log_level='warning')")
     proc = subprocess.Popen([sys.executable, "-c", code, str(port), str(tmp_path / "p")],

@@ -29,6 +29,7 @@ from heron.agent.linux.cgroups import (
     container_runtimes_present,
     runtime_presence,
 )
+from sysutil import remove_dirs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cgroup"
 EXPECTED: dict[str, dict[str, str | None] | None] = json.loads((FIXTURES / "expected.json").read_text())
@@ -257,15 +258,7 @@ def test_unprivileged_user_cannot_fake_a_container_in_its_delegated_cgroup() -> 
         if child is not None and child.poll() is None:
             child.kill()
             child.wait()
-        for d in (spoof, manager, top):
-            for _ in range(50):  # rmdir fails while the exited child is still being released
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)
+        remove_dirs((spoof, manager, top))
         assert not top.exists()
 
 

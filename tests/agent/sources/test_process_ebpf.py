@@ -24,6 +24,7 @@ from heron.agent.linux.procfs import ProcFS
 from heron.agent.sources.base import SourceContext
 from heron.agent.sources.process.ebpf import DECODE_ERRORS, EbpfProcessSource
 from heron.schema.events import Event, ProcessExec, ProcessExit, process_key
+from sysutil import remove_dirs
 
 pytestmark = pytest.mark.privileged
 EXCLUDED_COMM = "heron-excluded"  # the comm of a copy of /bin/true, dropped in the kernel
@@ -139,15 +140,7 @@ def cgroup_dirs() -> Iterator[tuple[Path, Path]]:
             made += [d, d.parent]
         yield v1, v2
     finally:
-        for d in made:
-            for _ in range(50):  # rmdir fails while a just-killed member is still being reaped
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
+        remove_dirs(made)
 
 
 def _spawn_in(marker: str, cgroups: Sequence[Path]) -> subprocess.Popen[bytes]:
@@ -403,12 +396,4 @@ def test_fake_container_cgroup_below_a_user_manager_is_not_a_container(
     finally:
         child.kill()
         child.wait()
-        for d in (leaf, leaf.parent, leaf.parent.parent, top):
-            for _ in range(50):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
+        remove_dirs((leaf, leaf.parent, leaf.parent.parent, top))

@@ -189,12 +189,10 @@ class ProcConnectorProcessSource:
             conn.close()
 
     def snapshot(self) -> list[Process]:
-        self.start()  # subscribe first: what starts during or after the /proc walk is queued
-        try:
-            procs = snapshot(self.procfs, self.boot_id)
-        except BaseException:
-            self.close()
-            raise
+        # Subscribe first: what starts during or after the /proc walk is queued.
+        # If the walk fails, the runtime calls close() (the Source contract), as for every source.
+        self.start()
+        procs = snapshot(self.procfs, self.boot_id)
         self.known.seed(procs)
         return procs
 
