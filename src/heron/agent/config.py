@@ -47,6 +47,46 @@ class ProcessConfig(msgspec.Struct, forbid_unknown_fields=True):
     ancestors_max: int = 16
 
 
+class NetworkConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # Flows are aggregated per interval: one record per (process, direction, protocol, local
+    # address and port class, remote address and port) every interval_s.
+    interval_s: float = 60.0
+    # User-mode collectors poll sockets this often (connections shorter than this may be missed).
+    poll_interval_s: float = 1.0
+    dns: bool = True  # capture DNS questions and answers
+    dns_ports: list[int] = msgspec.field(default_factory=lambda: [53])
+    # Size of the host's IP -> name cache (entries expire with the answers' TTL).
+    dns_cache_entries: int = 65_536
+
+
+class FileWatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One policy entry: a path (file, directory or glob) and what to report under it."""
+
+    path: str
+    name: str = ""  # shown in events as `rule`; defaults to the path
+    recursive: bool = True
+    # create, modify, delete, rename, attrib; empty means all of them.
+    actions: list[str] = msgspec.field(default_factory=list)
+    exclude: list[str] = msgspec.field(default_factory=list)  # globs on the full path
+    hash: bool = True  # sha256 of new content for regular files
+    hash_max_bytes: int = 64 * 1024 * 1024
+
+
+class FileConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # The built-in policy (system binaries and libraries, /etc, /boot, cron, systemd units, ssh
+    # keys, shell profiles, /root): on by default, `watches` add to it.
+    default_policy: bool = True
+    watches: list[FileWatch] = msgspec.field(default_factory=list)
+    # Burst coalescing: changes to one path within this window become one record.
+    coalesce_s: float = 1.0
+    # Per path, at most this many records per minute; the rest are counted as dropped.
+    rate_per_path_per_min: int = 60
+    # Baseline scan on start and every scan_interval_s (0: only on start; -1: never).
+    scan_interval_s: float = 86_400.0
+    scan_max_mb_per_s: float = 50.0  # I/O budget of the scan's hashing
+    scan_cpu_percent: float = 25.0  # CPU budget of the scan (of one core)
+
+
 class PlatformConfig(msgspec.Struct, forbid_unknown_fields=True):
     url: str = ""
     enrollment_token: str = ""
@@ -64,6 +104,8 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True):
     # capability -> mechanism to pin (e.g. {"process": "audit"}); absent means the ladder decides.
     collectors: dict[str, str] = msgspec.field(default_factory=dict)
     process: ProcessConfig = msgspec.field(default_factory=ProcessConfig)
+    network: NetworkConfig = msgspec.field(default_factory=NetworkConfig)
+    file: FileConfig = msgspec.field(default_factory=FileConfig)
     filter: FilterConfig = msgspec.field(default_factory=FilterConfig)
     dedupe: DedupeConfig = msgspec.field(default_factory=DedupeConfig)
     platform: PlatformConfig = msgspec.field(default_factory=PlatformConfig)
@@ -83,11 +125,32 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True):
             (0 < self.spool.segment_mb <= self.spool.max_mb, "spool.segment_mb must be > 0 and <= spool.max_mb"),
             (self.dedupe.max_entries > 0, "dedupe.max_entries must be > 0"),
             (0 <= self.process.ancestors_max <= 64, "process.ancestors_max must be between 0 and 64"),
+            (self.network.interval_s > 0, "network.interval_s must be > 0"),
+            (self.network.poll_interval_s > 0, "network.poll_interval_s must be > 0"),
+            (all(0 < p < 65536 for p in self.network.dns_ports), "network.dns_ports must be ports (1-65535)"),
+            (self.network.dns_cache_entries > 0, "network.dns_cache_entries must be > 0"),
+            (self.file.coalesce_s >= 0, "file.coalesce_s must be >= 0"),
+            (self.file.rate_per_path_per_min > 0, "file.rate_per_path_per_min must be > 0"),
+            (self.file.scan_max_mb_per_s > 0, "file.scan_max_mb_per_s must be > 0"),
+            (0 < self.file.scan_cpu_percent <= 100, "file.scan_cpu_percent must be in (0, 100]"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
         self._check_filters()
+        self._check_watches()
+
+    def _check_watches(self) -> None:
+        actions = {"create", "modify", "delete", "rename", "attrib"}
+        for i, w in enumerate(self.file.watches):
+            where = f"file.watches[{i}]"
+            if not w.path.startswith("/"):
+                raise ValueError(f"{where}.path: {w.path!r} must be absolute")
+            bad = sorted(set(w.actions) - actions)
+            if bad:
+                raise ValueError(f"{where}.actions: unknown {', '.join(bad)} (known: {', '.join(sorted(actions))})")
+            if w.hash_max_bytes < 0:
+                raise ValueError(f"{where}.hash_max_bytes must be >= 0")
 
     def _check_filters(self) -> None:
         """Compile every rule now, so a bad pattern is a config error (start-up or reload), not a

@@ -32,7 +32,8 @@ from heron.schema.events import AgentHealth, Event, ProcessExec
 
 log = logging.getLogger("heron.agent")
 
-CAPABILITIES = ("process",)
+# Process first: its snapshot fills the process table the other capabilities' events resolve against.
+CAPABILITIES = ("process", "network", "file")
 SWEEP_INTERVAL_S = 30.0
 # Between the sources and the pipeline: past this many events a source's batch is dropped and
 # counted rather than letting memory grow (the kernel side keeps its own drop counters).
@@ -78,7 +79,7 @@ class Agent:
     # -- configuration ---------------------------------------------------------------------
     def _build_pipeline(self, config: AgentConfig) -> Pipeline:
         return Pipeline(
-            enrich=Enricher(self.table),
+            enrich=Enricher(self.table, boot_id=self.host.boot_id, proc_root=self.host.proc_root),
             filter=ProcessFilter(config.filter, self.health.add),
             dedupe=Deduper(config.dedupe.window_s, config.dedupe.max_entries),
         )
@@ -100,6 +101,10 @@ class Agent:
                 "argv_max_bytes": self.config.process.argv_max_bytes,
                 "poll_interval_s": self.config.process.poll_interval_s,
             }
+        if capability == "network":
+            return {"config": self.config.network}
+        if capability == "file":
+            return {"config": self.config.file, "state_dir": self.config.state_dir}
         return {}
 
     # -- sources -----------------------------------------------------------------------------
@@ -220,12 +225,24 @@ class Agent:
     def _process(self, batch: Sequence[Event], now: int) -> None:
         p = self.pipeline
         self.health.add("pipeline.received", len(batch))
-        p.enrich(batch)
-        kept = p.filter(batch)
+        ready = p.enrich(batch, now)
+        kept = p.filter(ready)
         before = p.dedupe.folded
         p.out.extend(p.dedupe.push(kept, now))
         if p.dedupe.folded != before:
             self.health.add("dedupe.folded", p.dedupe.folded - before)
+
+    def _release_held(self, now: int, everything: bool = False) -> None:
+        """Network/file events the enricher held back for their process's exec."""
+        p = self.pipeline
+        if not p.enrich.held:
+            return
+        before = p.enrich.unresolved
+        ready = p.enrich.release(now, everything)
+        if p.enrich.unresolved != before:
+            self.health.add("enrich.unresolved", p.enrich.unresolved - before)
+        if ready:
+            p.out.extend(p.dedupe.push(p.filter(ready), now))
 
     def _process_guarded(self, batch: Sequence[Event], now: int) -> None:
         """A bug or a hostile record in one batch costs that batch (counted), never the pipeline."""
@@ -244,7 +261,7 @@ class Agent:
         while True:
             # Wake often only while something waits for a deadline (dedupe window, batch delay);
             # an idle agent wakes once a second. stop() wakes it with an empty batch.
-            busy = bool(self.pipeline.out) or len(self.pipeline.dedupe) > 0
+            busy = bool(self.pipeline.out) or len(self.pipeline.dedupe) > 0 or bool(self.pipeline.enrich.held)
             try:
                 batch: Sequence[Event] | None = self.queue.get(timeout=0.1 if busy else 1.0)
             except queue.Empty:
@@ -267,6 +284,12 @@ class Agent:
                 else:
                     self.pipeline.out.extend(self.pipeline.dedupe.release(now))
                 finishing = not batch and self.stop_sources.is_set() and self._sources_done()
+                try:
+                    self._release_held(now, everything=finishing)
+                except Exception:
+                    log.exception("releasing held events failed")
+                    self.health.add("pipeline.errors")
+                    self.pipeline.enrich.held.clear()
                 if finishing:
                     self.pipeline.out.extend(self.pipeline.dedupe.release(now, everything=True))
                 if mono >= next_health or finishing:

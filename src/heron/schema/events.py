@@ -111,9 +111,122 @@ class AgentHealth(Event, tag="agent.health"):
     messages: Annotated[list[str], msgspec.Meta(max_length=1_000)] = msgspec.field(default_factory=list)
 
 
-AnyEvent = ProcessExec | ProcessExit | AgentHealth
+class ProcessRef(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The process behind a network or file event: enough to read it alone, and ``key`` to join
+    it to the process's exec record (argv, parent chain). Collectors fill pid (and key when they
+    can); the agent's enrichment fills the rest from its process table, never from /proc."""
 
-EVENT_TYPES: tuple[type[Event], ...] = (ProcessExec, ProcessExit, AgentHealth)
+    key: str = ""
+    pid: int = 0
+    ppid: int = 0
+    exe: str = ""
+    comm: str = ""
+    uid: int = -1
+    user: str | None = None
+    auid: int | None = None
+    login_user: str | None = None
+    container_id: str | None = None
+    parent_exe: str | None = None
+
+
+class NetFlow(Event, tag="net.flow", kw_only=True):
+    """Connections and traffic of one process to one remote endpoint over one interval.
+
+    The agent aggregates per (process, direction, protocol, local address, local port class,
+    remote address, remote port): an outgoing flow has ``local_port`` 0 (ephemeral ports
+    collapse), an incoming one has ``remote_port`` 0 (the client's ephemeral port)."""
+
+    process: ProcessRef | None = None  # None: the socket's owner could not be found (counted)
+    direction: str  # "out" (this host connected/sent first) or "in" (accepted/received first)
+    protocol: str  # "tcp" or "udp"
+    local_addr: str
+    local_port: int = 0
+    remote_addr: str
+    remote_port: int = 0
+    domain: str | None = None  # name this process resolved to remote_addr, when known
+    connections: int = 0  # TCP connections opened (or UDP socket/peer pairs) in the interval
+    bytes_out: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    packets_in: int = 0
+    first_ts: int = 0
+    last_ts: int = 0
+    # Endpoint classification added by the platform: loopback, private, public, link_local,
+    # multicast or container (an address of a container on the same host).
+    remote_class: str | None = None
+
+
+class NetListen(Event, tag="net.listen", kw_only=True):
+    """A socket started (state "open") or stopped ("closed") listening; at agent start every
+    listening socket is reported once with state "open" and source `network.snapshot`."""
+
+    process: ProcessRef | None = None
+    protocol: str  # "tcp" or "udp" (a bound, unconnected UDP socket)
+    addr: str
+    port: int
+    state: str = "open"
+    since_ts: int = 0  # when the socket started listening, when known (else when first seen)
+
+
+class DnsQuery(Event, tag="net.dns", kw_only=True):
+    """A DNS question a process asked and the answer it got (identical ones folded per interval)."""
+
+    process: ProcessRef | None = None  # None: the asking socket's owner could not be found
+    query: str  # name asked, lower case, without the trailing dot
+    qtype: str  # A, AAAA, CNAME, PTR, MX, TXT, SRV, ... or TYPE<n>
+    rcode: str = "NOERROR"  # NOERROR, NXDOMAIN, SERVFAIL, ... ; "TIMEOUT" when no answer was seen
+    answers: Annotated[list[str], msgspec.Meta(max_length=256)] = msgspec.field(default_factory=list)
+    ttl: int = 0  # smallest TTL among the answers, seconds
+    server: str = ""  # resolver address:port the question went to
+    protocol: str = "udp"
+    count: int = 1
+    first_ts: int = 0
+    last_ts: int = 0
+
+
+class FileMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A file's metadata as stat(2) reports it."""
+
+    mode: int = 0  # st_mode: type and permission bits
+    uid: int = -1
+    gid: int = -1
+    size: int = 0
+    mtime_ns: int = 0
+    inode: int = 0
+    dev: int = 0
+    nlink: int = 0
+
+
+class FileChange(Event, tag="file.change", kw_only=True):
+    """A change to a watched path: real-time from fanotify/inotify, or found by a baseline scan
+    (source `file.scan`: it happened while nothing watched, so no writer is known)."""
+
+    path: str  # bytes that are not UTF-8 are escaped as \\xNN (see path_escaped)
+    path_escaped: bool = False
+    action: str  # create, modify, delete, rename, attrib
+    # The burst this record stands for, in order (an editor's save: ["create", "modify", "rename"]).
+    actions: Annotated[list[str], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
+    old_path: str | None = None  # the previous name, for a rename
+    is_dir: bool = False
+    # "process" when the writer is known; "unknown" when the mechanism cannot name it (inotify,
+    # a scan) — never a guess.
+    attribution: str = "process"
+    process: ProcessRef | None = None
+    package_manager: str | None = None  # dpkg, apt, rpm, dnf, yum, apk... when the writer is one
+    old: FileMeta | None = None
+    new: FileMeta | None = None
+    sha256: str | None = None  # of the new content, when the policy hashes this path
+    hash_skipped: str | None = None  # why no hash: too_large, vanished, changed_while_hashing, ...
+    rule: str = ""  # the policy entry that matched
+    count: int = 1  # raw kernel events folded into this record
+    first_ts: int = 0
+    last_ts: int = 0
+
+
+AnyEvent = ProcessExec | ProcessExit | AgentHealth | NetFlow | NetListen | DnsQuery | FileChange
+
+EVENT_TYPES: tuple[type[Event], ...] = (ProcessExec, ProcessExit, AgentHealth, NetFlow, NetListen, DnsQuery,
+                                        FileChange)
 
 
 class HostInfo(msgspec.Struct, kw_only=True):
@@ -162,7 +275,8 @@ FIELD_DOCS: dict[str, str] = {
     "v": "Schema version of the record (`SCHEMA_VERSION`).",
     "ts": "Wall-clock time of the observation, nanoseconds since the Unix epoch.",
     "source": "The collector that observed it, as `capability.mechanism` (e.g. `process.ebpf`).",
-    "type": "Record type: `process.exec`, `process.exit` or `agent.health`.",
+    "type": "Record type: `process.exec`, `process.exit`, `net.flow`, `net.listen`, `net.dns`, `file.change` "
+    "or `agent.health`.",
     "process": "The process that executed (see Process).",
     "count": "How many identical execs this record stands for after de-duplication.",
     "first_ts": "Time of the first of the folded execs (ns); 0 when count is 1.",
@@ -202,4 +316,49 @@ FIELD_DOCS: dict[str, str] = {
     "cpu_s": "Agent CPU time (user + system) since start, seconds.",
     "rss_bytes": "Agent resident memory, bytes.",
     "messages": "Human-readable notes: collector fallbacks, config errors kept at last good config.",
+    "parent_exe": "Executable of the parent process, when known.",
+    "direction": "`out` when this host opened the connection (or sent first), `in` when it accepted it.",
+    "protocol": "`tcp` or `udp`.",
+    "local_addr": "Local IP address (IPv4-mapped IPv6 addresses are written as IPv4).",
+    "local_port": "Local port; 0 for outgoing flows (ephemeral ports collapse).",
+    "remote_addr": "Remote IP address (IPv4-mapped IPv6 addresses are written as IPv4).",
+    "remote_port": "Remote port; 0 for incoming flows (the client's ephemeral port).",
+    "domain": "DNS name this process (or, failing that, this host) resolved to the remote address.",
+    "connections": "TCP connections opened in the interval (UDP: new socket/peer pairs).",
+    "bytes_out": "Payload bytes sent in the interval (eBPF: IP packet bytes; user mode: TCP bytes acked).",
+    "bytes_in": "Bytes received in the interval.",
+    "packets_out": "Packets sent in the interval (0 when the collector cannot count packets).",
+    "packets_in": "Packets received in the interval.",
+    "remote_class": "Set by the platform: loopback, private, public, link_local, multicast or container.",
+    "addr": "Address the socket listens on (`0.0.0.0` or `::` for all).",
+    "port": "Port the socket listens on.",
+    "state": "`open` or `closed`.",
+    "since_ts": "When the socket started listening (ns), or when the agent first saw it.",
+    "query": "Name asked, lower case, no trailing dot.",
+    "qtype": "Question type: A, AAAA, CNAME, PTR, MX, TXT, SRV... or TYPE<n>.",
+    "rcode": "Response code (NOERROR, NXDOMAIN, SERVFAIL...), or TIMEOUT when no response was seen.",
+    "answers": "Answer data: addresses for A/AAAA, names for CNAME/PTR/MX/NS, text for TXT.",
+    "ttl": "Smallest TTL of the answers, seconds.",
+    "server": "Resolver the question went to, `addr:port`.",
+    "path": "Absolute path of the file (bytes that are not UTF-8 escaped as `\\xNN`, see path_escaped).",
+    "path_escaped": "True when the path held bytes that are not UTF-8 and were escaped.",
+    "action": "create, modify, delete, rename or attrib (mode, owner, xattr, times).",
+    "actions": "Every action folded into this record, in order (burst coalescing).",
+    "old_path": "The previous path of a renamed file.",
+    "is_dir": "True when the path is a directory.",
+    "attribution": "`process` when the writer is known, `unknown` when the mechanism cannot tell.",
+    "package_manager": "The package manager behind the change (dpkg, apt, rpm, apk...), when the writer "
+    "or one of its ancestors is one.",
+    "old": "Metadata before the change (from the agent's baseline), when known.",
+    "new": "Metadata after the change; absent for a delete.",
+    "sha256": "SHA-256 of the new content, when the policy hashes this path.",
+    "hash_skipped": "Why there is no hash although the policy asks: too_large, vanished, "
+    "changed_while_hashing, not_regular, unreadable.",
+    "rule": "Name of the policy entry that matched the path.",
+    "mode": "st_mode: file type and permission bits.",
+    "size": "Size in bytes.",
+    "mtime_ns": "Modification time, ns since the epoch.",
+    "inode": "Inode number.",
+    "dev": "Device number of the filesystem.",
+    "nlink": "Number of hard links.",
 }

@@ -18,4 +18,6 @@ LADDERS: dict[str, list[type[Source]]] = {
         ProcConnectorProcessSource,
         ProcfsProcessSource,
     ],
+    "network": [],
+    "file": [],
 }

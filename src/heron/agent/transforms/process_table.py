@@ -28,6 +28,7 @@ class Entry:
     container_id: str | None
     parent_key: str | None
     ancestors: list[Ancestor]
+    auid: int | None = None
 
 
 class ProcessTable:
@@ -35,6 +36,9 @@ class ProcessTable:
         self.live: dict[int, Entry] = {}
         self.by_key: dict[str, Entry] = {}
         self.recent: OrderedDict[str, Entry] = OrderedDict()
+        # pid -> the last process with that pid that exited: a file or network event read after
+        # its writer exited (the exit came first through another source) still finds it.
+        self.recent_pid: OrderedDict[int, Entry] = OrderedDict()
         self.ancestors_max = ancestors_max
         self.recent_max = recent_max
 
@@ -46,6 +50,13 @@ class ProcessTable:
 
     def lookup_key(self, key: str) -> Entry | None:
         return self.by_key.get(key) or self.recent.get(key)
+
+    def resolve(self, pid: int, key: str = "") -> Entry | None:
+        """The process behind an event that names a pid (and maybe its key): live first, then
+        recently exited. With a key, only that exact process is returned (pid reuse)."""
+        if key:
+            return self.lookup_key(key)
+        return self.live.get(pid) or self.recent_pid.get(pid)
 
     def chain_for(self, parent: Entry | None) -> list[Ancestor]:
         """Ancestors of a child of ``parent``: the parent first, stopping at a container boundary."""
@@ -66,7 +77,7 @@ class ProcessTable:
             p.ancestors = self.chain_for(parent)
         entry = Entry(
             p.key, p.pid, p.ppid, p.start_ticks, p.exe, p.comm, p.uid, p.container_id, p.parent_key,
-            p.ancestors,
+            p.ancestors, p.auid,
         )
         old = self.live.get(p.pid)
         if old is not None and old.key != p.key:
@@ -86,8 +97,12 @@ class ProcessTable:
     def _retire(self, entry: Entry) -> None:
         self.by_key.pop(entry.key, None)
         self.recent[entry.key] = entry
+        self.recent_pid[entry.pid] = entry
+        self.recent_pid.move_to_end(entry.pid)
         while len(self.recent) > self.recent_max:
             self.recent.popitem(last=False)
+        while len(self.recent_pid) > self.recent_max:
+            self.recent_pid.popitem(last=False)
 
     def sweep(self, proc_root: str = "/proc") -> int:
         """Drop entries whose pid is gone (missed exits). One listdir, no per-entry syscalls."""

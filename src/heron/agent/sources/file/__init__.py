@@ -1,0 +1,1 @@
+"""File integrity collectors: real-time changes with their writer, and baseline scans."""

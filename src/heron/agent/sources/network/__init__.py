@@ -1,0 +1,1 @@
+"""Network collectors: flows attributed to processes, listening sockets, DNS."""
