@@ -29,6 +29,15 @@ class MatchRule(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     container: str | None = None  # container id (prefix globs like "3f2a*"), or "host"
     parent_exe: str | None = None
     ancestor_exe: str | None = None  # any process in the parent chain
+    type: str | None = None  # event type, e.g. "net.*" or "file.change"
+    # Network flows: remote address as a class (loopback, private, public, link_local, multicast,
+    # external = not loopback) or an address/CIDR; a port (local or remote); tcp/udp; in/out.
+    remote: str | None = None
+    port: int | None = None
+    protocol: str | None = None
+    direction: str | None = None
+    domain: str | None = None  # the flow's domain, or a DNS query name
+    path: str | None = None  # file changes: the path (or the old path of a rename)
 
 
 class FilterConfig(msgspec.Struct, forbid_unknown_fields=True):

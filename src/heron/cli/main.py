@@ -129,6 +129,13 @@ def _load_agent_config(args: argparse.Namespace) -> AgentConfig:
     if args.enrollment_token_file:
         platform = msgspec.structs.replace(platform, enrollment_token_file=args.enrollment_token_file)
     changes["platform"] = platform
+    if args.watch or args.no_default_policy:
+        from heron.agent.config import FileWatch
+
+        extra = [FileWatch(path=os.path.abspath(p)) for p in args.watch]
+        changes["file"] = msgspec.structs.replace(
+            cfg.file, watches=[*cfg.file.watches, *extra],
+            default_policy=cfg.file.default_policy and not args.no_default_policy)
     return msgspec.structs.replace(cfg, **changes)
 
 
@@ -249,6 +256,10 @@ def _agent_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--platform", help="platform URL (for --output platform)")
     p.add_argument("--enrollment-token-file", help="file holding the platform's enrolment token")
     p.add_argument("--state-dir", help="where the agent keeps its spool and identity")
+    p.add_argument("--watch", action="append", default=[], metavar="PATH",
+                   help="watch PATH recursively for every file change, beside the policy (repeatable)")
+    p.add_argument("--no-default-policy", action="store_true",
+                   help="watch only --watch paths and the config's file.watches, not the built-in policy")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import anyio
 import anyio.to_thread
 from starlette.requests import Request
 
+from heron.platform.enrich import ContainerAddresses
 from heron.platform.storage.base import Storage
 
 
@@ -63,10 +65,20 @@ class PlatformContext:
     storage: Storage
     config: PlatformConfig
     ingest_limiter: WorkLimiter = field(default_factory=lambda: WorkLimiter(1))
+    # agent id -> addresses of that host's containers (see heron.platform.enrich)
+    _container_addrs: dict[str, ContainerAddresses] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def create(cls, storage: Storage, config: PlatformConfig) -> PlatformContext:
         return cls(storage, config, WorkLimiter(config.ingest_workers))
+
+    def container_addresses(self, agent_id: str) -> ContainerAddresses:
+        with self._lock:
+            known = self._container_addrs.get(agent_id)
+            if known is None:
+                known = self._container_addrs[agent_id] = ContainerAddresses()
+            return known
 
 
 class ApiError(Exception):

@@ -22,8 +22,21 @@ from starlette.responses import JSONResponse, Response
 
 from heron.platform.api.auth import AGENT_ROLES, authenticate
 from heron.platform.api.context import ApiError, PlatformContext, context, read_body
+from heron.platform.enrich import classify_endpoints
 from heron.platform.storage.base import EventRow, IngestResult
-from heron.schema.events import AgentHealth, AnyEvent, ProcessExec, ProcessExit, decode_events, to_json
+from heron.schema.events import (
+    AgentHealth,
+    AnyEvent,
+    DnsQuery,
+    FileChange,
+    NetFlow,
+    NetListen,
+    ProcessExec,
+    ProcessExit,
+    ProcessRef,
+    decode_events,
+    to_json,
+)
 
 BATCH_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 _READ_CHUNK = 1 << 20
@@ -69,13 +82,30 @@ def declared_length(raw: bytes) -> int | None:
     return None
 
 
+def _ref_row(etype: str, ts: int, r: ProcessRef | None, text: str, data: bytes) -> EventRow:
+    if r is None:
+        return EventRow(etype, ts, None, None, None, text, data)
+    return EventRow(etype, ts, r.key or None, r.pid or None, r.exe or None, f"{r.exe} {text}", data)
+
+
 def event_row(event: AnyEvent) -> EventRow:
+    """The indexed columns of one event; ``cmdline`` is the text the events API searches."""
     data = to_json(event)
     if isinstance(event, ProcessExec):
         p = event.process
         return EventRow("process.exec", event.ts, p.key, p.pid, p.exe, " ".join([p.exe, *p.argv]), data)
     if isinstance(event, ProcessExit):
         return EventRow("process.exit", event.ts, event.key, event.pid, event.exe, event.exe, data)
+    if isinstance(event, NetFlow):
+        text = f"{event.remote_addr}:{event.remote_port} {event.domain or ''}"
+        return _ref_row("net.flow", event.ts, event.process, text, data)
+    if isinstance(event, NetListen):
+        return _ref_row("net.listen", event.ts, event.process, f"{event.addr}:{event.port}", data)
+    if isinstance(event, DnsQuery):
+        return _ref_row("net.dns", event.ts, event.process, f"{event.query} {' '.join(event.answers)}", data)
+    if isinstance(event, FileChange):
+        text = f"{event.path} {event.old_path}" if event.old_path else event.path
+        return _ref_row("file.change", event.ts, event.process, text, data)
     return EventRow("agent.health", event.ts, None, None, None, None, data)
 
 
@@ -90,6 +120,7 @@ def store_batch(ctx: PlatformContext, agent_id: str, batch_id: str, body: bytes)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise ApiError(400, f"invalid events: {str(e)[:_MAX_ERROR]}") from None
     del raw
+    classify_endpoints(ctx.container_addresses(agent_id), events)
     rows = [event_row(e) for e in events]
     health = [e for e in events if isinstance(e, AgentHealth)]
     last_health = to_json(max(health, key=lambda h: h.ts)) if health else None
