@@ -39,3 +39,21 @@ def test_errors_name_the_key(tmp_path: Path, text: str, names: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_documented_example_config_is_valid() -> None:
+    """docs/configuration.md's example must load as it is (it is what users copy)."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", doc, re.S)
+    assert block is not None
+    import tomllib
+
+    from heron.agent.config import parse_config
+
+    cfg = parse_config(tomllib.loads(block.group(1)))
+    assert cfg.collectors["network"] == "ebpf"
+    assert cfg.file.watches[0].path == "/srv/www"
+    assert len(cfg.filter.exclude) == 3
