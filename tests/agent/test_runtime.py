@@ -21,8 +21,12 @@ from heron.schema.events import AgentHealth, Process, ProcessExec
 from listsink import ListSink
 
 
+# These tests are about the pipeline: network and file collection stay off (they have their own).
+OFF = {"network": "off", "file": "off"}
+
+
 def config(**kw: object) -> AgentConfig:
-    base = AgentConfig(collectors={"process": "procfs"})
+    base = AgentConfig(collectors={"process": "procfs", **OFF})
     base = msgspec.structs.replace(base, process=msgspec.structs.replace(base.process, poll_interval_s=0.1))
     return msgspec.structs.replace(base, **kw)
 
@@ -75,7 +79,7 @@ def test_failing_rung_falls_back_and_says_so(host: Host, monkeypatch: pytest.Mon
     monkeypatch.setitem(registry.LADDERS, "process", [ExplodingSource, ProcfsProcessSource])
     monkeypatch.setattr(ladder, "LADDERS", registry.LADDERS)
     sink = ListSink()
-    agent = Agent(config(collectors={}), [sink], host=host)
+    agent = Agent(config(collectors=dict(OFF)), [sink], host=host)
     agent.start()
     deadline = time.monotonic() + 5
     while agent.collectors_in_use() != {"process": "procfs"} and time.monotonic() < deadline:
@@ -110,7 +114,7 @@ class FailsToStart(ExplodingSource):
 def test_rung_that_fails_to_start_falls_back(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(registry.LADDERS, "process", [FailsToStart, ProcfsProcessSource])
     sink = ListSink()
-    agent = Agent(config(collectors={}), [sink], host=host)
+    agent = Agent(config(collectors=dict(OFF)), [sink], host=host)
     agent.start()
     assert agent.collectors_in_use() == {"process": "procfs"}
     agent.stop()
@@ -132,3 +136,15 @@ def test_a_batch_that_breaks_the_pipeline_costs_only_that_batch(host: Host) -> N
     assert any(isinstance(e, ProcessExec) and marker in " ".join(e.process.argv) for e in sink.events)
     health = [e for e in sink.events if isinstance(e, AgentHealth)]
     assert health[-1].counters.get("pipeline.errors", 0) >= 1
+
+
+def test_a_capability_pinned_off_is_not_collected_and_says_so(host: Host) -> None:
+    sink = ListSink()
+    agent = Agent(config(), [sink], host=host)
+    agent.start()
+    agent.stop()
+    health = [e for e in sink.events if isinstance(e, AgentHealth)]
+    notes = [m for h in health for m in h.messages]
+    assert "network collection is off (configuration)" in notes
+    assert "file collection is off (configuration)" in notes
+    assert health[-1].collectors == {"process": "procfs"}

@@ -74,7 +74,8 @@ def render(rep: dict[str, Any]) -> str:
     for cap, c in rep["collectors"].items():
         sel = c.get("selected")
         err = f"  ({c['error']})" if "error" in c else ""
-        lines.append(f"{cap}: {'uses ' + sel if sel else 'NO COLLECTOR'}{err}")
+        state = "uses " + sel if sel else ("off (configuration)" if c.get("pinned") else "NO COLLECTOR")
+        lines.append(f"{cap}: {state}{err}")
         for mech, m in c.get("mechanisms", {}).items():
             mark = "ok " if m["available"] else "no "
             arrow = "->" if mech == sel else "  "

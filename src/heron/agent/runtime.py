@@ -130,6 +130,9 @@ class Agent:
                                                  daemon=True)
         self._pipeline_thread.start()
         for cap, choice in choices.items():
+            if choice.selected is None and choice.pinned:
+                self.health.note(f"{cap} collection is off (configuration)")
+                continue
             if choice.selected is None:
                 reasons = "; ".join(f"{m}: {r.reason}" for m, r in choice.probes.items())
                 self.health.note(f"no {cap} collector can run here ({reasons})")

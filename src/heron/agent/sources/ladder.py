@@ -15,6 +15,9 @@ from heron.agent.sources.base import ProbeResult, Source
 from heron.agent.sources.registry import LADDERS
 
 
+OFF = "off"  # a pin that turns a capability off (`--collector file=off`)
+
+
 class PinnedMechanismUnavailable(Exception):
     pass
 
@@ -59,9 +62,11 @@ def probe_all(capability: str, host: Host) -> dict[str, ProbeResult]:
 def choose(capability: str, host: Host, pinned: str | None = None) -> Choice:
     if capability not in LADDERS:
         raise UnknownMechanism(f"unknown capability {capability!r} (known: {', '.join(LADDERS)})")
+    if pinned == OFF:
+        return Choice(capability, None, True, probe_all(capability, host))
     if pinned is not None and pinned not in mechanisms(capability):
         raise UnknownMechanism(
-            f"unknown mechanism {capability}={pinned} (known: {', '.join(mechanisms(capability))})"
+            f"unknown mechanism {capability}={pinned} (known: {', '.join([*mechanisms(capability), OFF])})"
         )
     probes = probe_all(capability, host)
     rungs = {s.mechanism: s for s in LADDERS[capability]}

@@ -124,6 +124,36 @@
     return { type: $("f-type").value, host: $("f-host").value.trim(), q: $("f-text").value.trim() };
   }
 
+  function bytes(n) {
+    if (!n) return "0 B";
+    const units = ["B", "KB", "MB", "GB", "TB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return (i ? n.toFixed(1) : n) + " " + units[i];
+  }
+
+  function describe(ev) {
+    if (ev.type === "net.flow") {
+      const remote = (ev.domain ? ev.domain + " " : "") + ev.remote_addr + ":" + (ev.remote_port || "*");
+      const local = ev.local_addr + ":" + (ev.local_port || "*");
+      const dir = ev.direction === "in" ? remote + " → " + local : local + " → " + remote;
+      return ev.protocol + " " + dir + (ev.remote_class ? " [" + ev.remote_class + "]" : "") +
+        "  " + (ev.connections || 0) + " conn, ↑" + bytes(ev.bytes_out) + " ↓" + bytes(ev.bytes_in);
+    }
+    if (ev.type === "net.listen") return ev.protocol + " " + ev.addr + ":" + ev.port + " " + ev.state;
+    if (ev.type === "net.dns") {
+      return ev.qtype + " " + ev.query + " → " + ((ev.answers || []).join(", ") || ev.rcode) +
+        (ev.count > 1 ? "  (×" + ev.count + ")" : "");
+    }
+    if (ev.type === "file.change") {
+      let text = ev.action + " " + (ev.old_path ? ev.old_path + " → " : "") + ev.path;
+      if (ev.package_manager) text += "  [" + ev.package_manager + "]";
+      if (ev.sha256) text += "  sha256:" + ev.sha256.slice(0, 12);
+      return text;
+    }
+    return "";
+  }
+
   function eventCells(item) {
     const ev = item.event || {};
     const p = ev.process || {};
@@ -144,6 +174,13 @@
     } else if (ev.type === "agent.health") {
       exe = "agent " + (ev.agent_version || "");
       argv = lossCounters(ev) || "no losses";
+    } else if (ev.process !== undefined || ev.type === "file.change" || ev.type.startsWith("net.")) {
+      // Network and file events: the process behind them, and what they did.
+      pid = p.pid || "";
+      user = p.user || (p.uid !== undefined && p.uid >= 0 ? p.uid : "");
+      exe = p.exe || (ev.attribution === "unknown" ? "(writer unknown)" : "");
+      container = p.container_id ? p.container_id.slice(0, 12) : "";
+      argv = describe(ev);
     }
     return [cell(fmtTime(ev.ts), "time"), cell(item.host), cell(ev.type), cell(pid), cell(user), cell(exe),
       cell(argv, "argv"), cell(container), cell(exit)];
