@@ -20,7 +20,6 @@ from heron.agent.sources.process.procfs import ProcfsProcessSource
 from heron.schema.events import AgentHealth, Process, ProcessExec
 from listsink import ListSink
 
-
 # These tests are about the pipeline: network and file collection stay off (they have their own).
 OFF = {"network": "off", "file": "off"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from platform_helpers import EnrolledAgent, Platform, batch_body, exec_event, ingest
+
 from heron.schema.events import Event, FileChange, NetFlow, NetListen, ProcessRef
 
 CID = "c" * 64

@@ -14,7 +14,6 @@ from heron.agent.host import Host
 from heron.agent.sources.base import ProbeResult, Source
 from heron.agent.sources.registry import LADDERS
 
-
 OFF = "off"  # a pin that turns a capability off (`--collector file=off`)
 
 
