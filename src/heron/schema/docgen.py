@@ -11,7 +11,17 @@ from typing import Annotated, Any, get_args, get_origin
 
 import msgspec
 
-from heron.schema.events import EVENT_TYPES, FIELD_DOCS, SCHEMA_VERSION, FileMeta, HostInfo, Process, ProcessRef
+from heron.schema.events import (
+    EVENT_TYPES,
+    FIELD_DOCS,
+    SCHEMA_VERSION,
+    FileMeta,
+    HostInfo,
+    Package,
+    PackageUse,
+    Process,
+    ProcessRef,
+)
 
 
 def _type_name(t: Any) -> str:
@@ -54,7 +64,7 @@ def render() -> str:
         tag = msgspec.inspect.type_info(ev).tag  # type: ignore[attr-defined]
         out += [f"## `{tag}`", "", inspect.cleandoc(ev.__doc__ or ""), "", *_table(ev, tag), ""]
     out += ["## Process", "", inspect.cleandoc(Process.__doc__ or ""), "", *_table(Process, None), ""]
-    for sub in (ProcessRef, FileMeta):
+    for sub in (ProcessRef, FileMeta, Package, PackageUse):
         out += [f"## {sub.__name__}", "", inspect.cleandoc(sub.__doc__ or ""), "", *_table(sub, None), ""]
     out += ["## Ancestor", "", "Encoded as a 3-element array `[pid, key, exe]`, nearest parent first.", ""]
     out += ["## HostInfo", "", inspect.cleandoc(HostInfo.__doc__ or ""), "", *_table(HostInfo, None), ""]

@@ -223,10 +223,61 @@ class FileChange(Event, tag="file.change", kw_only=True):
     last_ts: int = 0
 
 
-AnyEvent = ProcessExec | ProcessExit | AgentHealth | NetFlow | NetListen | DnsQuery | FileChange
+class Package(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One installed package, named as its advisories name it."""
+
+    ecosystem: str  # OSV ecosystem: Debian, Ubuntu, Alpine, Rocky Linux, AlmaLinux, Red Hat, PyPI, npm, ...
+    name: str
+    version: str  # as the package manager writes it (dpkg: [epoch:]upstream[-revision])
+    purl: str  # package URL, e.g. pkg:deb/debian/libc6@2.36-9?arch=amd64&distro=debian-12
+    manager: str  # dpkg, rpm, apk, python, npm
+    arch: str = ""
+    source_name: str = ""  # source package (Debian/Alpine advisories are per source package)
+    source_version: str = ""
+    distro: str = ""  # OSV ecosystem suffix for OS packages, e.g. "12" (Debian:12), "v3.20" (Alpine:v3.20)
+    location: str = ""  # language packages: the directory holding its metadata
+
+
+class PackageInventory(Event, tag="package.inventory", kw_only=True):
+    """The packages of one scope (the host, or one container through /proc/PID/root): complete when
+    `full` (at start, and when a diff cannot be trusted), otherwise what changed since the last record."""
+
+    scope: str  # "host" or a container id
+    container_id: str | None = None
+    distro: str = ""  # e.g. "debian:12"
+    full: bool = False
+    added: Annotated[list[Package], msgspec.Meta(max_length=500_000)] = msgspec.field(default_factory=list)
+    removed: Annotated[list[Package], msgspec.Meta(max_length=500_000)] = msgspec.field(default_factory=list)
+    # Databases that could not be read as a whole (corrupt, mid-upgrade): what was skipped and why.
+    errors: Annotated[list[str], msgspec.Meta(max_length=1_000)] = msgspec.field(default_factory=list)
+
+
+class PackageUse(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A package in use: which processes execute or map its files."""
+
+    purl: str
+    processes: Annotated[list[ProcessRef], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
+    files: Annotated[list[str], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
+    last_used_ts: int = 0
+
+
+class PackageActivity(Event, tag="package.activity", kw_only=True):
+    """Which packages of one scope are active (a running process executes or maps a file they own).
+    Sent when the set changes; `full` lists every active package, otherwise only newly active ones."""
+
+    scope: str
+    container_id: str | None = None
+    full: bool = False
+    active: Annotated[list[PackageUse], msgspec.Meta(max_length=500_000)] = msgspec.field(default_factory=list)
+    # purls no running process uses any more (they stay "was active" on the platform for N days)
+    inactive: Annotated[list[str], msgspec.Meta(max_length=500_000)] = msgspec.field(default_factory=list)
+
+
+AnyEvent = (ProcessExec | ProcessExit | AgentHealth | NetFlow | NetListen | DnsQuery | FileChange
+            | PackageInventory | PackageActivity)
 
 EVENT_TYPES: tuple[type[Event], ...] = (ProcessExec, ProcessExit, AgentHealth, NetFlow, NetListen, DnsQuery,
-                                        FileChange)
+                                        FileChange, PackageInventory, PackageActivity)
 
 
 class HostInfo(msgspec.Struct, kw_only=True):
@@ -270,13 +321,13 @@ FIELD_DOCS: dict[str, str] = {
     "machine_id": "/etc/machine-id.",
     "boot_id": "Kernel boot id (32 hex digits): changes at every boot.",
     "kernel": "Kernel release.",
-    "distro": "Distribution and release, e.g. `debian:12`.",
-    "arch": "Machine architecture.",
+    "distro": "Distribution and release, e.g. `debian:12`; on a Package, the OSV ecosystem suffix (`12`).",
+    "arch": "Machine architecture (on a Package: amd64, x86_64, noarch...).",
     "v": "Schema version of the record (`SCHEMA_VERSION`).",
     "ts": "Wall-clock time of the observation, nanoseconds since the Unix epoch.",
     "source": "The collector that observed it, as `capability.mechanism` (e.g. `process.ebpf`).",
-    "type": "Record type: `process.exec`, `process.exit`, `net.flow`, `net.listen`, `net.dns`, `file.change` "
-    "or `agent.health`.",
+    "type": "Record type: `process.exec`, `process.exit`, `net.flow`, `net.listen`, `net.dns`, `file.change`, "
+    "`package.inventory`, `package.activity` or `agent.health`.",
     "process": "The process that executed (see Process).",
     "count": "How many identical execs this record stands for after de-duplication.",
     "first_ts": "Time of the first of the folded execs (ns); 0 when count is 1.",
@@ -361,4 +412,22 @@ FIELD_DOCS: dict[str, str] = {
     "inode": "Inode number.",
     "dev": "Device number of the filesystem.",
     "nlink": "Number of hard links.",
+    "ecosystem": "OSV ecosystem name (Debian, Ubuntu, Alpine, PyPI, npm...).",
+    "name": "Package name as its package manager and advisories name it.",
+    "version": "Installed version, in the package manager's own syntax.",
+    "purl": "Package URL (https://github.com/package-url/purl-spec).",
+    "manager": "The package database it was read from: dpkg, rpm, apk, python or npm.",
+    "source_name": "Source package name (OS packages).",
+    "source_version": "Source package version, when it differs from the binary's.",
+    "location": "Directory of a language package's metadata (site-packages/..., node_modules/...).",
+    "scope": "`host`, or the id of the container whose packages these are.",
+    "full": "True when the record is complete (not a diff).",
+    "added": "Packages installed (or all of them when full).",
+    "removed": "Packages no longer installed.",
+    "errors": "Package databases that could not be read, and why (their packages are not reported as removed).",
+    "active": "Packages in use, with the processes and files that use them.",
+    "inactive": "purls of packages no running process uses any more.",
+    "processes": "Processes that execute or map the package's files (bounded sample).",
+    "files": "Files of the package in use (bounded sample).",
+    "last_used_ts": "When a process was last seen using the package (ns).",
 }
