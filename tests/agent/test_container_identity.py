@@ -26,7 +26,7 @@ def test_exec_in_container_carries_container_id(mechanism: str, host: Host,
     cls = next(s for s in LADDERS["process"] if s.mechanism == mechanism)
     if not (probe := cls.probe(host)).ok:
         pytest.skip(f"process={mechanism} cannot run here: {probe.reason}")
-    cfg = AgentConfig(collectors={"process": mechanism, "network": "off", "file": "off"})
+    cfg = AgentConfig(collectors={"process": mechanism, "network": "off", "file": "off", "package": "off"})
     cfg = msgspec.structs.replace(cfg, process=msgspec.structs.replace(cfg.process, poll_interval_s=0.2),
                                   dedupe=msgspec.structs.replace(cfg.dedupe, window_s=0.2))
     sink = ListSink()

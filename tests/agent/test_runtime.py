@@ -21,7 +21,7 @@ from heron.schema.events import AgentHealth, Process, ProcessExec
 from listsink import ListSink
 
 # These tests are about the pipeline: network and file collection stay off (they have their own).
-OFF = {"network": "off", "file": "off"}
+OFF = {"network": "off", "file": "off", "package": "off"}
 
 
 def config(**kw: object) -> AgentConfig:
@@ -146,4 +146,5 @@ def test_a_capability_pinned_off_is_not_collected_and_says_so(host: Host) -> Non
     notes = [m for h in health for m in h.messages]
     assert "network collection is off (configuration)" in notes
     assert "file collection is off (configuration)" in notes
+    assert "package collection is off (configuration)" in notes
     assert health[-1].collectors == {"process": "procfs"}

@@ -96,6 +96,15 @@ class FileConfig(msgspec.Struct, forbid_unknown_fields=True):
     scan_cpu_percent: float = 25.0  # CPU budget of the scan (of one core)
 
 
+class PackageConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # How often running processes are checked for the packages they use (new ones only: incremental).
+    activity_interval_s: float = 30.0
+    # Package databases are re-read when they change; this is the longest wait between checks.
+    check_interval_s: float = 10.0
+    containers: bool = True  # inventory of running containers through /proc/PID/root
+    languages: bool = True  # Python distributions and npm packages of running applications
+
+
 class PlatformConfig(msgspec.Struct, forbid_unknown_fields=True):
     url: str = ""
     enrollment_token: str = ""
@@ -115,6 +124,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True):
     process: ProcessConfig = msgspec.field(default_factory=ProcessConfig)
     network: NetworkConfig = msgspec.field(default_factory=NetworkConfig)
     file: FileConfig = msgspec.field(default_factory=FileConfig)
+    package: PackageConfig = msgspec.field(default_factory=PackageConfig)
     filter: FilterConfig = msgspec.field(default_factory=FilterConfig)
     dedupe: DedupeConfig = msgspec.field(default_factory=DedupeConfig)
     platform: PlatformConfig = msgspec.field(default_factory=PlatformConfig)
@@ -138,6 +148,8 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True):
             (self.network.poll_interval_s > 0, "network.poll_interval_s must be > 0"),
             (all(0 < p < 65536 for p in self.network.dns_ports), "network.dns_ports must be ports (1-65535)"),
             (self.network.dns_cache_entries > 0, "network.dns_cache_entries must be > 0"),
+            (self.package.activity_interval_s > 0, "package.activity_interval_s must be > 0"),
+            (self.package.check_interval_s > 0, "package.check_interval_s must be > 0"),
             (self.file.coalesce_s >= 0, "file.coalesce_s must be >= 0"),
             (self.file.rate_per_path_per_min > 0, "file.rate_per_path_per_min must be > 0"),
             (self.file.scan_max_mb_per_s > 0, "file.scan_max_mb_per_s must be > 0"),

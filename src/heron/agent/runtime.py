@@ -33,7 +33,7 @@ from heron.schema.events import AgentHealth, Event, ProcessExec
 log = logging.getLogger("heron.agent")
 
 # Process first: its snapshot fills the process table the other capabilities' events resolve against.
-CAPABILITIES = ("process", "network", "file")
+CAPABILITIES = ("process", "network", "file", "package")
 SWEEP_INTERVAL_S = 30.0
 # Between the sources and the pipeline: past this many events a source's batch is dropped and
 # counted rather than letting memory grow (the kernel side keeps its own drop counters).
@@ -105,6 +105,8 @@ class Agent:
             return {"config": self.config.network}
         if capability == "file":
             return {"config": self.config.file, "state_dir": self.config.state_dir}
+        if capability == "package":
+            return {"config": self.config.package, "state_dir": self.config.state_dir}
         return {}
 
     # -- sources -----------------------------------------------------------------------------

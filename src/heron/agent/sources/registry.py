@@ -19,5 +19,6 @@ LADDERS: dict[str, list[type[Source]]] = {
         ProcfsProcessSource,
     ],
     "network": [],
+    "package": [],
     "file": [],
 }
