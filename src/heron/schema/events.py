@@ -376,7 +376,8 @@ FIELD_DOCS: dict[str, str] = {
     "remote_port": "Remote port; 0 for incoming flows (the client's ephemeral port).",
     "domain": "DNS name this process (or, failing that, this host) resolved to the remote address.",
     "connections": "TCP connections opened in the interval (UDP: new socket/peer pairs).",
-    "bytes_out": "Payload bytes sent in the interval (eBPF: IP packet bytes; user mode: TCP bytes acked).",
+    "bytes_out": "Payload bytes sent in the interval (TCP/UDP payload; TCP retransmissions not counted again; "
+    "sock_diag: bytes acked; procfs: 0, it cannot count).",
     "bytes_in": "Bytes received in the interval.",
     "packets_out": "Packets sent in the interval (0 when the collector cannot count packets).",
     "packets_in": "Packets received in the interval.",

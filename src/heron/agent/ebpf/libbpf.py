@@ -61,6 +61,12 @@ class _Lib:
             "libbpf_get_error": ([vp], ctypes.c_long),
             "libbpf_set_print": ([_PRINT_FN], vp),
             "libbpf_num_possible_cpus": ([], ci),
+            "bpf_program__attach_cgroup": ([vp, ci], vp),
+            "bpf_program__attach_iter": ([vp, vp], vp),
+            "bpf_link__fd": ([vp], ci),
+            "bpf_iter_create": ([ci], ci),
+            "bpf_map_lookup_batch": ([ci, vp, vp, vp, vp, ctypes.POINTER(ctypes.c_uint32), vp], ci),
+            "bpf_map_delete_batch": ([ci, vp, ctypes.POINTER(ctypes.c_uint32), vp], ci),
         }
         for name, (args, res) in sigs.items():
             fn = getattr(lib, name)
@@ -198,6 +204,44 @@ class BpfObject:
             raise LibbpfError(f"attaching {program}", err, msgs)
         self._links.append(link)
 
+    def attach_cgroup(self, program: str, cgroup_fd: int) -> None:
+        """Attaches a cgroup program (cgroup_skb, cgroup/sock_create...) to the cgroup open at
+        ``cgroup_fd`` through a BPF link: it runs alongside other programs there, and goes away
+        with the link (``detach``, ``close``, or the agent's exit)."""
+        with _capture() as msgs:
+            ctypes.set_errno(0)
+            link = self._lib.lib.bpf_program__attach_cgroup(self._program(program), cgroup_fd)
+            err = _ptr_error(link)
+        if err:
+            raise LibbpfError(f"attaching {program} to a cgroup", err, msgs)
+        self._links.append(link)
+
+    def read_iter(self, program: str, chunk: int = 1 << 16) -> bytes:
+        """Runs a BPF iterator program (``iter/...``) once and returns everything it wrote."""
+        lib = self._lib.lib
+        with _capture() as msgs:
+            ctypes.set_errno(0)
+            link = lib.bpf_program__attach_iter(self._program(program), None)
+            err = _ptr_error(link)
+        if err:
+            raise LibbpfError(f"attaching iterator {program}", err, msgs)
+        try:
+            fd = lib.bpf_iter_create(lib.bpf_link__fd(link))
+            if fd < 0:
+                raise LibbpfError(f"creating iterator {program}", -fd)
+            try:
+                parts = []
+                while True:
+                    data = os.read(fd, chunk)
+                    if not data:
+                        break
+                    parts.append(data)
+                return b"".join(parts)
+            finally:
+                os.close(fd)
+        finally:
+            lib.bpf_link__destroy(link)
+
     def map_fd(self, name: str) -> int:
         fd: int = self._lib.lib.bpf_map__fd(self._map(name))
         if fd < 0:
@@ -222,6 +266,64 @@ class BpfObject:
         """Reads one element into ``value`` (sized by the caller: per-CPU maps hold one value
         per possible CPU, each padded to 8 bytes). False when the key is absent."""
         return bool(self._lib.lib.bpf_map_lookup_elem(fd, key, value) == 0)
+
+    def map_update_fd(self, fd: int, key: bytes, value: bytes, flags: int = 0) -> bool:
+        """Writes one element; False when the kernel refused it (BPF_NOEXIST and present, full)."""
+        return bool(self._lib.lib.bpf_map_update_elem(fd, key, value, flags) == 0)
+
+    def map_delete(self, fd: int, key: bytes) -> bool:
+        """Deletes one element; False when it was absent."""
+        return bool(self._lib.lib.bpf_map_delete_elem(fd, key) == 0)
+
+    def map_lookup_batch(self, fd: int, key_size: int, value_size: int, chunk: int = 4096) -> tuple[bytes, bytes, int]:
+        """Every element of a hash map in a few syscalls: (keys, values, count), keys and values
+        concatenated in the same order. The map may change meanwhile: an element inserted or
+        deleted during the walk may or may not be in the result, the others are."""
+        lib = self._lib.lib
+        keys_out: list[bytes] = []
+        values_out: list[bytes] = []
+        total = 0
+        token_in = ctypes.c_uint64(0)
+        token_out = ctypes.c_uint64(0)
+        first = True
+        kbuf = ctypes.create_string_buffer(key_size * chunk)
+        vbuf = ctypes.create_string_buffer(value_size * chunk)
+        while True:
+            count = ctypes.c_uint32(chunk)
+            rc = lib.bpf_map_lookup_batch(fd, None if first else ctypes.byref(token_in), ctypes.byref(token_out),
+                                          kbuf, vbuf, ctypes.byref(count), None)
+            err = -rc if rc < 0 else 0  # libbpf 1.x returns -errno
+            n = count.value
+            if n:
+                keys_out.append(ctypes.string_at(kbuf, n * key_size))
+                values_out.append(ctypes.string_at(vbuf, n * value_size))
+                total += n
+            if err == errno.ENOENT:
+                break
+            if err == errno.ENOSPC and n == 0:
+                chunk *= 2  # one hash bucket holds more than a chunk: retry with room for it
+                kbuf = ctypes.create_string_buffer(key_size * chunk)
+                vbuf = ctypes.create_string_buffer(value_size * chunk)
+                continue
+            if err:
+                raise LibbpfError("batch lookup", err)
+            token_in.value = token_out.value
+            first = False
+        return b"".join(keys_out), b"".join(values_out), total
+
+    def map_delete_batch(self, fd: int, keys: bytes, key_size: int) -> int:
+        """Deletes the elements whose keys are concatenated in ``keys``; returns how many went.
+        Stops at the first key that is absent (the rest are then deleted one by one)."""
+        n = len(keys) // key_size
+        if n == 0:
+            return 0
+        count = ctypes.c_uint32(n)
+        rc = self._lib.lib.bpf_map_delete_batch(fd, keys, ctypes.byref(count), None)
+        done = count.value
+        if rc < 0 and done < n:
+            for i in range(done + 1, n):
+                done += self.map_delete(fd, keys[i * key_size : (i + 1) * key_size])
+        return done
 
     def detach(self) -> None:
         """Destroys every link: the programs stop running, maps stay readable."""
