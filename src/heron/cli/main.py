@@ -17,6 +17,7 @@ from heron import __version__
 
 if TYPE_CHECKING:  # the CLI imports the heavy packages lazily, per command
     from heron.agent.config import AgentConfig
+    from heron.agent.fim.scan import ScanProgress
     from heron.agent.health import Health
     from heron.agent.sinks.base import Sink
 
@@ -246,6 +247,155 @@ def cmd_events(args: argparse.Namespace) -> int:
     return events_command(args.url, token, args.follow, filters, args.json, sys.stdout, limit=args.limit)
 
 
+# -- vulnerabilities ---------------------------------------------------------------------------
+def cmd_vulndb_import(args: argparse.Namespace) -> int:
+    from heron.vuln.commands import import_command
+
+    return import_command(args.paths, args.data_dir)
+
+
+def cmd_vulndb_update(args: argparse.Namespace) -> int:
+    from heron.vuln.commands import update_command
+
+    return update_command(args.ecosystem, args.data_dir, base_url=args.mirror)
+
+
+def cmd_vulns(args: argparse.Namespace) -> int:
+    from heron.vuln.commands import vulns_command
+
+    token = args.token or os.environ.get("HERON_TOKEN", "")
+    if not token:
+        path = Path(args.data_dir) / "platform" / "admin.token"
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            raise SystemExit(f"heron: no token: pass --token, set HERON_TOKEN or create {path}") from None
+    filters = {k: v for k, v in {"severity": args.severity, "active": args.active,
+                                  "recent_days": args.recent_days}.items() if v is not None}
+    return vulns_command(args.url, token, args.json, sys.stdout, host=args.host, limit=args.limit, filters=filters)
+
+
+# -- fim -----------------------------------------------------------------------------------------
+def _printable(text: str) -> str:
+    """A file name for a terminal: control characters (newline, escape sequences) as \\xNN, so a
+    hostile name can neither forge an output line nor drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+                   for c in text)
+
+
+def _scan_line(p: ScanProgress, width: int) -> str:
+    from heron.agent.fim.paths import display_path
+
+    rate = p.files_seen / p.elapsed_s if p.elapsed_s > 0 else 0.0
+    head = (f"{p.files_seen:,} files ({rate:,.0f}/s), {p.files_hashed:,} hashed ({p.bytes_hashed / 1e6:,.0f} MB), "
+            f"{p.changes} changes, {p.errors} errors")
+    room = width - len(head) - 3
+    cur = _printable(display_path(p.current)[0])
+    if room > 10:
+        head += "  " + (cur if len(cur) <= room else "…" + cur[-room + 1:])
+    return head[:width]
+
+
+def cmd_fim_scan(args: argparse.Namespace) -> int:
+    import shutil
+    import time
+
+    from heron.agent.fim.baseline import BaselineStore
+    from heron.agent.fim.hashing import IoBudget
+    from heron.agent.fim.policy import Policy
+    from heron.agent.fim.scan import ScanProgress, scan
+    from heron.schema.events import to_json
+
+    config = _load_agent_config(args)  # applies --path (as --watch) and --no-default-policy
+    fc = config.file
+    try:
+        policy = Policy.from_config(fc)
+        store = BaselineStore.open(config.state_dir)
+    except ValueError as e:
+        raise SystemExit(f"heron: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"heron: cannot use state dir {config.state_dir}: {e.strerror or e}") from None
+    if store.note:
+        print(f"heron: {store.note}", file=sys.stderr)
+    budget = None if args.no_throttle else IoBudget(fc.scan_max_mb_per_s, fc.scan_cpu_percent)
+    tty = sys.stderr.isatty()
+    last: list[ScanProgress] = []
+    next_line = [time.monotonic() + 5.0]
+
+    def progress(p: ScanProgress) -> None:
+        last[:] = [p]
+        if tty:
+            width = shutil.get_terminal_size().columns - 1
+            print("\r" + _scan_line(p, width).ljust(width), end="", file=sys.stderr, flush=True)
+        elif time.monotonic() >= next_line[0] and not p.done:
+            next_line[0] = time.monotonic() + 5.0
+            print("scanning: " + _scan_line(p, 200), file=sys.stderr, flush=True)
+
+    out = sys.stdout
+    interrupted = False
+    try:
+        for change in scan(policy, store, budget=budget, progress=progress):
+            if tty:
+                print("\r\x1b[K", end="", file=sys.stderr)
+            if args.json:
+                out.write(to_json(change).decode() + "\n")
+            else:
+                extra = f" (from {_printable(change.old_path)})" if change.old_path else ""
+                out.write(f"{change.action:7} {_printable(change.path)}{extra}  [{_printable(change.rule)}]\n")
+            out.flush()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        store.close()
+    if tty:
+        print("\r\x1b[K", end="", file=sys.stderr)
+    p = last[0] if last else ScanProgress()
+    mb = p.bytes_hashed / 1e6
+    secs = max(p.elapsed_s, 1e-9)
+    by_action = ", ".join(f"{a} {n}" for a, n in sorted(p.by_action.items())) or "none"
+    lines = [
+        f"fim scan {'interrupted' if interrupted else 'done'}: {p.files_seen:,} files in {p.roots} roots, "
+        f"{p.files_hashed:,} hashed ({mb:,.1f} MB), {p.errors} errors",
+        f"  changes: {p.changes} ({by_action})",
+        f"  duration {p.elapsed_s:.1f} s, {p.files_seen / secs:,.0f} files/s, {mb / secs:,.1f} MB/s hashed",
+    ]
+    if p.baseline_files:
+        lines.append(f"  first scan of its roots: baseline recorded for {p.baseline_files:,} files (not reported)")
+    if p.hash_skipped:
+        lines.append("  not hashed: " + ", ".join(f"{k} {v}" for k, v in sorted(p.hash_skipped.items())))
+    lines += [f"  error: {_printable(e)}" for e in p.error_samples[:5]]
+    print("\n".join(lines), file=sys.stderr if args.json else sys.stdout, flush=True)
+    return 130 if interrupted else 0
+
+
+# -- packages ----------------------------------------------------------------------------------
+def cmd_packages(args: argparse.Namespace) -> int:
+    from heron.agent.sources.package.scan import ScopeNotFound, local_report
+
+    try:
+        facts, rows = local_report(container=args.container)
+    except ScopeNotFound as e:
+        print(f"heron: {e}", file=sys.stderr)
+        return 1
+    for err in facts["errors"]:
+        print(f"heron: {facts['scope']}: {err}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    cols = ("name", "version", "ecosystem", "manager", "active")
+    table = [[str(r[c] if c != "active" else ("yes" if r[c] else "")) for c in cols] for r in rows]
+    widths = [max([len(c), *(len(t[i]) for t in table)]) for i, c in enumerate(cols)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
+    for t in table:
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths, strict=True)).rstrip())
+    active = sum(1 for r in rows if r["active"])
+    where = facts["scope"] + (f" ({facts['distro']})" if facts["distro"] else "")
+    print(f"{len(rows)} packages, {active} active, in {where}")
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 def _agent_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="agent config file (TOML)")
@@ -299,6 +449,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("vulndb", help="the local platform's advisory database (OSV)")
+    vsub = p.add_subparsers(dest="vulndb_command", required=True)
+    v = vsub.add_parser("import", help="import OSV records: .json files, directories of them, or .zip files")
+    v.add_argument("paths", nargs="+", metavar="PATH")
+    v.add_argument("--data-dir", default=str(DEFAULT_DATA), help="the data dir of heron up (platform in DIR/platform)")
+    v.set_defaults(func=cmd_vulndb_import)
+    v = vsub.add_parser("update", help="download and import osv.dev's advisories for the ecosystems seen")
+    v.add_argument("--ecosystem", action="append", default=[], metavar="E",
+                   help="OSV ecosystem, e.g. Debian, Alpine, PyPI, npm (repeatable; default: those inventoried)")
+    v.add_argument("--mirror", default="https://osv-vulnerabilities.storage.googleapis.com",
+                   help="base URL holding <ECOSYSTEM>/all.zip")
+    v.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    v.set_defaults(func=cmd_vulndb_update)
+
+    p = sub.add_parser("vulns", help="vulnerabilities of the inventoried packages, active ones first")
+    p.add_argument("--url", default=f"http://{DEFAULT_LISTEN}")
+    p.add_argument("--token", help="API token (default: HERON_TOKEN or the local admin token)")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    p.add_argument("--host")
+    p.add_argument("--severity", help="critical,high,medium,low,negligible,unknown (comma-separated)")
+    p.add_argument("--active", choices=("true", "false"), help="only packages in use (true) or not (false)")
+    p.add_argument("--recent-days", type=float, help="how long a package that stopped being used ranks as "
+                   "recently active (default 7)")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="one JSON object per finding per line")
+    p.set_defaults(func=cmd_vulns)
+
+    p = sub.add_parser("packages", help="installed packages of this host (or a container) and which are in use")
+    p.add_argument("--json", action="store_true", help="a JSON array of packages")
+    p.add_argument("--container", metavar="ID", help="a running container's packages (id or its prefix)")
+    p.set_defaults(func=cmd_packages)
+
+    fim = sub.add_parser("fim", help="file integrity monitoring").add_subparsers(dest="fim_command", required=True)
+    p = fim.add_parser("scan", help="scan the watched files against the stored baseline (the first scan records it)")
+    p.add_argument("--config", help="agent config file (TOML): its [file] policy and state_dir")
+    p.add_argument("--state-dir", help="where the baseline is kept (default: the agent's state dir)")
+    p.add_argument("--path", dest="watch", action="append", default=[], metavar="PATH",
+                   help="also watch PATH recursively, like the agent's --watch (repeatable)")
+    p.add_argument("--no-default-policy", action="store_true", help="only the config's and --path watches")
+    p.add_argument("--no-throttle", action="store_true", help="ignore the config's scan I/O and CPU budget")
+    p.add_argument("--json", action="store_true", help="each change as a JSON line on stdout")
+    p.set_defaults(func=cmd_fim_scan, collector=[], platform=None, enrollment_token_file=None)
     return parser
 
 

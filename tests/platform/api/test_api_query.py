@@ -154,7 +154,7 @@ def test_openapi_describes_the_endpoints(platform: Platform) -> None:
     doc = platform.client.get("/api/v1/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     assert set(doc["paths"]) == {"/api/v1/health", "/api/v1/enroll", "/api/v1/agents/self", "/api/v1/ingest",
-                                 "/api/v1/events", "/api/v1/agents"}
+                                 "/api/v1/events", "/api/v1/agents", "/api/v1/vulns", "/api/v1/packages"}
     names = {p["name"] for p in doc["paths"]["/api/v1/events"]["get"]["parameters"]}
     assert {"type", "agent", "host", "key", "pid", "exe", "since", "until", "after_id", "limit"} <= names
 

@@ -25,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from heron import __version__
-from heron.platform.api import enroll, ingest, query
+from heron.platform.api import enroll, ingest, query, vulns
 from heron.platform.api.context import ApiError, PlatformConfig, PlatformContext
 from heron.platform.api.openapi import openapi_document
 from heron.platform.storage.base import Storage
@@ -120,6 +120,8 @@ def create_app(storage: Storage, config: PlatformConfig | None = None) -> Starle
         Route("/api/v1/ingest", ingest.ingest, methods=["POST"]),
         Route("/api/v1/events", query.list_events, methods=["GET"]),
         Route("/api/v1/agents", query.list_agents, methods=["GET"]),
+        Route("/api/v1/vulns", vulns.list_vulns, methods=["GET"]),
+        Route("/api/v1/packages", vulns.list_packages, methods=["GET"]),
         Mount("/", StaticFiles(directory=CONSOLE_DIR, html=True), name="console"),
     ]
     app = Starlette(

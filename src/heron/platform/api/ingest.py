@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from heron.platform import packages
 from heron.platform.api.auth import AGENT_ROLES, authenticate
 from heron.platform.api.context import ApiError, PlatformContext, context, read_body
 from heron.platform.enrich import classify_endpoints
@@ -31,6 +32,8 @@ from heron.schema.events import (
     FileChange,
     NetFlow,
     NetListen,
+    PackageActivity,
+    PackageInventory,
     ProcessExec,
     ProcessExit,
     ProcessRef,
@@ -106,6 +109,9 @@ def event_row(event: AnyEvent) -> EventRow:
     if isinstance(event, FileChange):
         text = f"{event.path} {event.old_path}" if event.old_path else event.path
         return _ref_row("file.change", event.ts, event.process, text, data)
+    if isinstance(event, PackageInventory | PackageActivity):
+        kind = "package.inventory" if isinstance(event, PackageInventory) else "package.activity"
+        return EventRow(kind, event.ts, None, None, None, event.scope, data)
     return EventRow("agent.health", event.ts, None, None, None, None, data)
 
 
@@ -121,6 +127,7 @@ def store_batch(ctx: PlatformContext, agent_id: str, batch_id: str, body: bytes)
         raise ApiError(400, f"invalid events: {str(e)[:_MAX_ERROR]}") from None
     del raw
     classify_endpoints(ctx.container_addresses(agent_id), events)
+    packages.ingest(ctx.storage, agent_id, events)  # before the batch is stored: a retry repairs a crash
     rows = [event_row(e) for e in events]
     health = [e for e in events if isinstance(e, AgentHealth)]
     last_health = to_json(max(health, key=lambda h: h.ts)) if health else None

@@ -92,5 +92,33 @@ def openapi_document() -> dict[str, object]:
                 "security": _BEARER,
                 "responses": _responses((200, '{"agents": [...]}'), *_ERRORS),
             }},
+            "/api/v1/vulns": {"get": {
+                "summary": "Vulnerability findings ranked by risk, active packages first (admin or reader).",
+                "security": _BEARER,
+                "parameters": [
+                    _param("host", "host name"), _param("agent", "agent id"),
+                    _param("severity", "critical, high, medium, low, negligible, unknown; several separated "
+                                       "by commas"),
+                    _param("active", "true: packages in use now; false: the others", "boolean"),
+                    _param("status", "affected, or unknown (the version could not be ordered)"),
+                    _param("recent_days", "window of 'was active' (default 7)", "number"),
+                    _param("limit", "at most this many (default 100, capped at 10000)", "integer"),
+                ],
+                "responses": _responses(
+                    (200, '{"findings": [{"id", "aliases", "package", "version", "ecosystem", "purl", '
+                          '"fixed_version", "severity", "cvss", "score", "status", "active", "activity", '
+                          '"exposed", "host", "scope", ...}], "total": N, "advisories": N, "stats": {...}}'),
+                    *_ERRORS, (503, "the platform database is not a file")),
+            }},
+            "/api/v1/packages": {"get": {
+                "summary": "Installed packages per host and scope, with activity (admin or reader).",
+                "security": _BEARER,
+                "parameters": [
+                    _param("host", "host name"), _param("agent", "agent id"),
+                    _param("active", "true or false", "boolean"), _param("q", "text contained in the name"),
+                    _param("limit", "at most this many (default 1000, capped at 10000)", "integer"),
+                ],
+                "responses": _responses((200, '{"packages": [...], "total": N}'), *_ERRORS),
+            }},
         },
     }

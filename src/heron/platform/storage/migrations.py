@@ -59,6 +59,58 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX events_exe ON events(exe);
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE package_scopes (                  -- heron.platform.packages
+            agent_id     TEXT NOT NULL,
+            scope        TEXT NOT NULL,                -- 'host' or a container id
+            container_id TEXT,
+            distro       TEXT NOT NULL DEFAULT '',
+            full_ts      INTEGER NOT NULL DEFAULT 0,   -- newest complete inventory applied
+            updated_ts   INTEGER NOT NULL DEFAULT 0,
+            errors       TEXT NOT NULL DEFAULT '[]',   -- JSON list
+            PRIMARY KEY (agent_id, scope)
+        );
+        CREATE TABLE packages (
+            agent_id  TEXT NOT NULL,
+            scope     TEXT NOT NULL,
+            purl      TEXT NOT NULL,
+            location  TEXT NOT NULL DEFAULT '',
+            ecosystem TEXT NOT NULL,
+            name      TEXT NOT NULL,
+            version   TEXT NOT NULL,
+            data      TEXT NOT NULL,                   -- the Package, JSON
+            ts        INTEGER NOT NULL,                -- the inventory record that last set this row
+            removed   INTEGER NOT NULL DEFAULT 0,      -- 1: removed at ts (kept so a late retry cannot revive it)
+            PRIMARY KEY (agent_id, scope, purl, location)
+        );
+        CREATE INDEX packages_name ON packages(ecosystem, name);
+        CREATE TABLE package_activity (
+            agent_id     TEXT NOT NULL,
+            scope        TEXT NOT NULL,
+            purl         TEXT NOT NULL,
+            active       INTEGER NOT NULL,
+            last_used_ts INTEGER NOT NULL DEFAULT 0,
+            ts           INTEGER NOT NULL,
+            processes    TEXT NOT NULL DEFAULT '[]',   -- ProcessRef list, JSON
+            files        TEXT NOT NULL DEFAULT '[]',
+            PRIMARY KEY (agent_id, scope, purl)
+        );
+        CREATE TABLE listeners (
+            agent_id    TEXT NOT NULL,
+            protocol    TEXT NOT NULL,
+            addr        TEXT NOT NULL,
+            port        INTEGER NOT NULL,
+            process_key TEXT NOT NULL DEFAULT '',
+            pid         INTEGER NOT NULL DEFAULT 0,
+            exe         TEXT NOT NULL DEFAULT '',
+            state       TEXT NOT NULL,
+            ts          INTEGER NOT NULL,
+            PRIMARY KEY (agent_id, protocol, addr, port, process_key)
+        );
+        """,
+    ),
 )
 
 

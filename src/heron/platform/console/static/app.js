@@ -119,6 +119,26 @@
     $("agents-empty").hidden = body.agents.length > 0;
   }
 
+  // -- vulnerabilities (GET /api/v1/vulns: ranked, active first) -------------------------------
+  async function loadVulns() {
+    const body = await api("vulns", { limit: 50 });
+    const tbody = $("vulns").querySelector("tbody");
+    tbody.replaceChildren();
+    for (const f of body.findings) {
+      const use = [f.activity, f.exposed ? "exposed " + f.exposures.join(" ") : "", f.status === "unknown"
+        ? "version unknown" : ""].filter(Boolean).join(", ");
+      tbody.appendChild(row([
+        cell(f.score), cell(f.severity + (f.cvss !== null ? " " + f.cvss : ""), f.severity === "critical" ? "stale" : ""),
+        cell(f.id + (f.aliases.length ? " (" + f.aliases.slice(0, 2).join(", ") + ")" : "")),
+        cell(f.package), cell(f.version), cell(f.fixed_version || "—"), cell(f.host + " / " + f.scope),
+        cell(use, f.activity === "active" ? "warn" : "muted"),
+      ]));
+    }
+    $("vulns-empty").hidden = body.findings.length > 0;
+    $("vulns-summary").textContent = body.findings.length + " of " + body.total + " findings, " +
+      body.advisories + " advisories" + (body.note ? " — " + body.note : "");
+  }
+
   // -- events --------------------------------------------------------------------------------
   function filters() {
     return { type: $("f-type").value, host: $("f-host").value.trim(), q: $("f-text").value.trim() };
@@ -140,7 +160,7 @@
       return ev.protocol + " " + dir + (ev.remote_class ? " [" + ev.remote_class + "]" : "") +
         "  " + (ev.connections || 0) + " conn, ↑" + bytes(ev.bytes_out) + " ↓" + bytes(ev.bytes_in);
     }
-    if (ev.type === "net.listen") return ev.protocol + " " + ev.addr + ":" + ev.port + " " + ev.state;
+    if (ev.type === "net.listen") return ev.protocol + " " + ev.addr + ":" + ev.port + " " + (ev.state || "open");
     if (ev.type === "net.dns") {
       return ev.qtype + " " + ev.query + " → " + ((ev.answers || []).join(", ") || ev.rcode) +
         (ev.count > 1 ? "  (×" + ev.count + ")" : "");
@@ -250,7 +270,7 @@
     $("login").hidden = true;
     $("main").hidden = false;
     $("signout").hidden = false;
-    guard(async () => { await loadAgents(); await loadEvents(); });
+    guard(async () => { await loadAgents(); await loadVulns(); await loadEvents(); });
   }
 
   document.addEventListener("DOMContentLoaded", () => {
@@ -263,6 +283,7 @@
     });
     $("signout").addEventListener("click", () => signOut(""));
     $("refresh-agents").addEventListener("click", () => guard(loadAgents));
+    $("refresh-vulns").addEventListener("click", () => guard(loadVulns));
     $("filters").addEventListener("submit", (e) => { e.preventDefault(); guard(loadEvents); });
     $("f-type").addEventListener("change", () => guard(loadEvents));
     $("f-follow").addEventListener("change", (e) => setFollow(e.target.checked));
