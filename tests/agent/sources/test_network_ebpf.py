@@ -320,8 +320,11 @@ print("done", port, flush=True)
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdin is not None
     pid = proc.pid
-    deadline = time.monotonic() + 5
-    while "python" not in Path(f"/proc/{pid}/comm").read_text() and time.monotonic() < deadline:
+    # `ip netns exec` joins the namespace, then execs python (which then waits for "go").
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not (
+            "python" in Path(f"/proc/{pid}/comm").read_text()
+            and os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")):
         time.sleep(0.01)
     assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
     proc.stdin.write("go\n")
