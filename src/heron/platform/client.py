@@ -112,6 +112,38 @@ def _time(ts: object) -> str:
     return datetime.fromtimestamp(ts / 1e9).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
+def _ref_parts(p: Mapping[str, Any] | None) -> list[str]:
+    if not p:
+        return ["pid=?"]
+    out = [f"pid={p.get('pid')}", f"user={p.get('user') or p.get('uid', '?')}"]
+    if p.get("container_id"):
+        out.append(f"container={str(p['container_id'])[:12]}")
+    out.append(str(p.get("exe") or p.get("comm") or "?"))
+    return out
+
+
+def _describe(kind: str, ev: Mapping[str, Any]) -> str:
+    """What a network or file event did, in one phrase."""
+    if kind == "net.flow":
+        domain = f"{ev['domain']} " if ev.get("domain") else ""
+        remote = f"{domain}{ev.get('remote_addr')}:{ev.get('remote_port', 0)}"
+        local = f"{ev.get('local_addr')}:{ev.get('local_port', 0)}"
+        arrow = f"{remote} -> {local}" if ev.get("direction") == "in" else f"{local} -> {remote}"
+        return (f"{ev.get('protocol')} {arrow} conn={ev.get('connections', 0)} out={ev.get('bytes_out', 0)}B "
+                f"in={ev.get('bytes_in', 0)}B" + (f" [{ev['remote_class']}]" if ev.get("remote_class") else ""))
+    if kind == "net.listen":
+        return f"{ev.get('protocol')} listen {ev.get('addr')}:{ev.get('port')} {ev.get('state', 'open')}"
+    if kind == "net.dns":
+        answers = ",".join(str(a) for a in ev.get("answers") or []) or str(ev.get("rcode", ""))
+        return f"dns {ev.get('qtype')} {ev.get('query')} -> {answers}"
+    text = f"{ev.get('action')} {ev.get('old_path') + ' -> ' if ev.get('old_path') else ''}{ev.get('path')}"
+    if ev.get("package_manager"):
+        text += f" [{ev['package_manager']}]"
+    if ev.get("attribution") == "unknown":
+        text += " (writer unknown)"
+    return text
+
+
 def format_event(item: Mapping[str, Any]) -> str:
     """One readable line for an event returned by the API."""
     ev: Mapping[str, Any] = item.get("event") or {}
@@ -136,6 +168,17 @@ def format_event(item: Mapping[str, Any]) -> str:
             parts.append(f"signal={ev['signal']}")
         elif ev.get("exit_code") is not None:
             parts.append(f"exit={ev['exit_code']}")
+    elif kind in ("net.flow", "net.listen", "net.dns", "file.change"):
+        parts += _ref_parts(ev.get("process"))
+        parts.append(_describe(kind, ev))
+    elif kind in ("package.inventory", "package.activity"):
+        parts.append(f"scope={ev.get('scope', '?')}")
+        if kind == "package.inventory":
+            parts.append(f"{'full' if ev.get('full') else 'diff'} +{len(ev.get('added') or [])} "
+                         f"-{len(ev.get('removed') or [])}")
+            parts += [f"error={e}" for e in ev.get("errors") or []]
+        else:
+            parts.append(f"active={len(ev.get('active') or [])} inactive={len(ev.get('inactive') or [])}")
     elif kind == "agent.health":
         collectors = ",".join(f"{k}={v}" for k, v in (ev.get("collectors") or {}).items())
         parts += [f"agent={ev.get('agent_version')}", f"collectors={collectors or '-'}"]
