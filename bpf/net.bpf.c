@@ -14,6 +14,10 @@
  * heron_net_flows. Only two records per flow reach the ring buffer: FLOW_OPEN at its first
  * packet and, for TCP, FLOW_CLOSE with the final counters when the socket reaches CLOSE (the
  * entry is deleted then). UDP flows are finished by user space after the RELEASE record.
+ * TCP bytes while a connection lives: egress once per sequence number, ingress every payload
+ * byte that arrives (retransmissions too); at CLOSE the record carries the kernel's exact totals
+ * (bytes_acked, bytes_received), which replace both. A UDP socket counts at most
+ * HERON_NET_UDP_MAX_PEERS peers separately; later ones share a wildcard flow (address 0, port 0).
  * Packets to or from a port in heron_net_dnsports (the peer's port: this host's questions and
  * their answers, not the traffic of a local DNS server) also copy their payload to the ring.
  *
@@ -239,6 +243,28 @@ static __always_inline void sk_remote(const struct sock *sk, __u16 family, __u8 
 		mapped_v4(addr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
 }
 
+/* The kernel's own payload totals of a TCP socket reaching CLOSE (the per-packet ingress count
+ * includes retransmissions and segments the kernel dropped). bytes_acked also counts the
+ * opener's SYN and this side's FIN once acknowledged, bytes_received the peer's FIN once taken
+ * in order: the FINs are known from the sequence numbers the packet hooks saw them end at (c),
+ * compared with snd_una and rcv_nxt. Without c (no packet counted) no totals are given. */
+static __always_inline void tcp_totals(const struct sock *sk, int active, const struct heron_net_counters *c,
+				       struct heron_net_flow_close *e)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	__u64 acked = BPF_CORE_READ(tp, bytes_acked);
+	__u64 received = BPF_CORE_READ(tp, bytes_received);
+	if (active && acked)
+		acked -= 1; /* our SYN */
+	if ((c->tcp_fins & 1) && acked && (__s32)(BPF_CORE_READ(tp, snd_una) - c->tcp_fin_out) >= 0)
+		acked -= 1; /* our FIN, acknowledged */
+	if ((c->tcp_fins & 2) && received && BPF_CORE_READ(tp, rcv_nxt) == c->tcp_fin_in)
+		received -= 1; /* the peer's FIN, taken */
+	e->tcp_bytes_out = acked;
+	e->tcp_bytes_in = received;
+	e->hdr.flags |= HERON_NET_R_TCP_TOTALS;
+}
+
 static __always_inline void on_state(const struct sock *sk, __u64 cookie, int oldstate, int newstate)
 {
 	struct heron_net_owner *o;
@@ -267,7 +293,8 @@ static __always_inline void on_state(const struct sock *sk, __u64 cookie, int ol
 			cur = l->owner;
 			cur.flags = HERON_NET_F_IN | HERON_NET_F_INHERITED;
 		} else {
-			cur.flags = HERON_NET_F_IN;
+			/* Owner unknown (tgid 0): the first process to send or receive takes it. */
+			cur.flags = HERON_NET_F_IN | HERON_NET_F_INHERITED;
 			stat_add(HERON_NET_STAT_NO_LISTENER);
 		}
 		bpf_map_update_elem(&heron_net_socks, &cookie, &cur, BPF_ANY);
@@ -283,7 +310,8 @@ static __always_inline void on_state(const struct sock *sk, __u64 cookie, int ol
 			lk.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 			lk.port = lport;
 			struct heron_net_listener l = {.cookie = cookie, .owner = cur};
-			bpf_map_update_elem(&heron_net_listeners, &lk, &l, BPF_ANY);
+			if (bpf_map_update_elem(&heron_net_listeners, &lk, &l, BPF_ANY))
+				stat_add(HERON_NET_STAT_LISTENERS_FULL);
 		}
 		__u8 addr[16];
 		sk_local(sk, family, addr);
@@ -310,6 +338,7 @@ static __always_inline void on_state(const struct sock *sk, __u64 cookie, int ol
 		return;
 	}
 	/* The connection is over: its final counters go to user space, its entries go away. */
+	int active = o && (o->flags & HERON_NET_F_OUT);
 	bpf_map_delete_elem(&heron_net_socks, &cookie);
 	struct heron_net_flow_close *e = bpf_ringbuf_reserve(&heron_net_events, sizeof(*e), 0);
 	if (!e) {
@@ -328,9 +357,12 @@ static __always_inline void on_state(const struct sock *sk, __u64 cookie, int ol
 	if (c) {
 		e->counters = *c;
 		bpf_map_delete_elem(&heron_net_flows, &e->key);
+		tcp_totals(sk, active, &e->counters, e);
 	} else {
 		__builtin_memset(&e->counters, 0, sizeof(e->counters));
 		e->hdr.flags = HERON_NET_R_NO_FLOW;
+		e->tcp_bytes_out = 0;
+		e->tcp_bytes_in = 0;
 	}
 	bpf_ringbuf_submit(e, 0);
 }
@@ -406,6 +438,7 @@ struct pkt {
 	__u32 proto;
 	__u32 payload_off;
 	__u32 seq;
+	__u32 tcp_flags;
 };
 
 /* Reads the IP and L4 headers; 0 when the packet is not TCP/UDP over IPv4/IPv6. */
@@ -463,7 +496,9 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	if (p->proto == H_PROTO_TCP) {
 		p->seq = ((__u32)t[4] << 24) | ((__u32)t[5] << 16) | ((__u32)t[6] << 8) | t[7];
 		p->payload_off = l4 + (t[12] >> 4) * 4;
+		p->tcp_flags = t[13];
 	} else {
+		p->tcp_flags = 0;
 		p->seq = 0;
 		p->payload_off = l4 + 8;
 	}
@@ -514,14 +549,16 @@ static __always_inline void emit_dns(struct __sk_buff *skb, struct heron_net_flo
 	bpf_ringbuf_submit(e, 0);
 }
 
-/* The payload bytes of a TCP segment that were not counted before (a retransmission, a keepalive
- * or window probe adds nothing). Segments of one socket and direction are processed one at a
- * time (under the socket's lock or in its softirq), so plain stores are enough. */
-static __always_inline __u32 tcp_new_bytes(struct heron_net_counters *c, int egress, __u32 seq, __u32 len)
+/* The payload bytes of an outgoing TCP segment that were not sent before (a retransmission, a
+ * keepalive or window probe adds nothing). Only egress: this host chooses its sequence numbers,
+ * whereas a mark moved by incoming segments could be pushed ahead by one forged out-of-window
+ * segment and then hide the real data. Egress segments of one socket are sent one at a time
+ * (under the socket's lock), so plain stores are enough. */
+static __always_inline __u32 tcp_new_bytes_out(struct heron_net_counters *c, __u32 seq, __u32 len)
 {
 	__u32 end = seq + len;
-	__u32 *hw = egress ? &c->tcp_end_out : &c->tcp_end_in;
-	__u8 *seen = egress ? &c->tcp_seen_out : &c->tcp_seen_in;
+	__u32 *hw = &c->tcp_end_out;
+	__u8 *seen = &c->tcp_seen_out;
 	if (!*seen) {
 		*seen = 1;
 		*hw = end;
@@ -566,6 +603,22 @@ static __always_inline int on_skb(struct __sk_buff *skb, int egress)
 	__u64 now = bpf_ktime_get_boot_ns();
 
 	struct heron_net_counters *c = bpf_map_lookup_elem(&heron_net_flows, &key);
+	if (!c && p.proto == H_PROTO_UDP) {
+		/* A new peer of a UDP socket: past HERON_NET_UDP_MAX_PEERS (a server answering many
+		 * clients, or a scan), fold it into the socket's wildcard flow so one socket cannot
+		 * fill heron_net_flows. */
+		if ((o->flags >> 32) >= HERON_NET_UDP_MAX_PEERS) {
+			if (key.raddr[10] == 0xff && key.raddr[11] == 0xff)
+				__builtin_memset(key.raddr + 12, 0, 4); /* IPv4: 0.0.0.0 */
+			else
+				__builtin_memset(key.raddr, 0, 16);     /* IPv6: :: */
+			key.rport = 0;
+			stat_add(HERON_NET_STAT_UDP_PEERS_FOLDED);
+			c = bpf_map_lookup_elem(&heron_net_flows, &key);
+		} else {
+			__sync_fetch_and_add(&o->flags, HERON_NET_PEER_ONE);
+		}
+	}
 	if (!c) {
 		struct heron_net_counters zero = {.first_ns = now, .last_ns = now};
 		long err = bpf_map_update_elem(&heron_net_flows, &key, &zero, BPF_NOEXIST);
@@ -596,8 +649,23 @@ static __always_inline int on_skb(struct __sk_buff *skb, int egress)
 			return 1;
 	}
 	__u32 dns_payload = payload;
-	if (p.proto == H_PROTO_TCP)
-		payload = tcp_new_bytes(c, egress, p.seq, payload);
+	/* TCP ingress: every payload byte as it arrives (retransmissions included); FLOW_CLOSE
+	 * carries the kernel's exact totals. */
+	if (p.proto == H_PROTO_TCP) {
+		if (p.tcp_flags & 1 /* FIN */) {
+			/* Where each side's FIN ends, for the totals at CLOSE (a forged one is ignored
+			 * there: it must match what the kernel acknowledged or took). */
+			if (egress) {
+				c->tcp_fin_out = p.seq + payload + 1;
+				c->tcp_fins |= 1;
+			} else {
+				c->tcp_fin_in = p.seq + payload + 1;
+				c->tcp_fins |= 2;
+			}
+		}
+		if (egress)
+			payload = tcp_new_bytes_out(c, p.seq, payload);
+	}
 	if (egress) {
 		__sync_fetch_and_add(&c->bytes_out, payload);
 		__sync_fetch_and_add(&c->packets_out, segs);

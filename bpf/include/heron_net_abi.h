@@ -8,7 +8,7 @@
 #ifndef HERON_NET_ABI_H
 #define HERON_NET_ABI_H
 
-#define HERON_NET_ABI_VERSION 1
+#define HERON_NET_ABI_VERSION 2
 
 /* kind: the first field of every ring-buffer record. */
 #define HERON_NET_EV_FLOW_OPEN 1   /* first packet of a (socket, peer) pair */
@@ -26,12 +26,16 @@
 #define HERON_NET_F_UDP_BOUND 0x10 /* UDP socket bound with bind(): reported as listening */
 #define HERON_NET_F_SNAPSHOT 0x40  /* found by the start-up iterator, not seen being created */
 #define HERON_NET_F_HAS_FLOW 0x80  /* at least one flow entry exists (UDP release is reported) */
+#define HERON_NET_PEER_ONE (1ULL << 32)   /* heron_net_owner.flags: one UDP peer */
+#define HERON_NET_UDP_MAX_PEERS 256       /* past this many, a UDP socket's new peers share one
+					   * wildcard flow (remote address ::, port 0) */
 
 /* record flags */
 #define HERON_NET_R_IN 0x1         /* FLOW_OPEN: incoming flow; DNS: ingress packet */
 #define HERON_NET_R_OPEN 0x2       /* LISTEN: started (else stopped) */
 #define HERON_NET_R_NO_FLOW 0x4    /* FLOW_CLOSE: no counters were found for the socket */
 #define HERON_NET_R_CUT 0x8        /* DNS: payload longer than HERON_NET_DNS_MAX, cut */
+#define HERON_NET_R_TCP_TOTALS 0x10 /* FLOW_CLOSE: tcp_bytes_out/in hold the kernel's exact totals */
 
 /* Slots of the per-CPU heron_net_stats array. */
 #define HERON_NET_STAT_LOST 0        /* ring-buffer records dropped (ring full) */
@@ -40,6 +44,8 @@
 #define HERON_NET_STAT_UNPARSED 3    /* packets of owned sockets that are not TCP/UDP (or past 4 IPv6 ext headers) */
 #define HERON_NET_STAT_NO_LISTENER 4 /* accepted sockets whose listener's owner was unknown */
 #define HERON_NET_STAT_DNS 5         /* DNS payloads handed to user space */
+#define HERON_NET_STAT_LISTENERS_FULL 6 /* listening sockets not recorded: heron_net_listeners full */
+#define HERON_NET_STAT_UDP_PEERS_FOLDED 7 /* UDP packets folded into a socket's wildcard peer (too many peers) */
 #define HERON_NET_STAT_COUNT 8
 
 #define HERON_NET_DNS_MAX 1024       /* DNS payload bytes copied per packet */
@@ -50,7 +56,8 @@ struct heron_net_owner {
 	__u64 start_boottime_ns; /* task->group_leader->start_boottime: with tgid, the process key */
 	__u32 tgid;              /* 0: unknown */
 	__u32 uid;
-	__u64 flags;             /* HERON_NET_F_* (64 bits: updated with 64-bit atomics) */
+	__u64 flags;             /* HERON_NET_F_* in bits 0-31; UDP: distinct peers seen in bits 32-63
+				  * (64 bits: updated with 64-bit atomics) */
 };
 
 /* One (socket, peer) pair: key of heron_net_flows. TCP has one peer per socket. */
@@ -63,8 +70,11 @@ struct heron_net_flow_key {
 };
 
 /* Cumulative counters of one flow since its first packet: L4 payload bytes (TCP/UDP headers
- * excluded; TCP bytes counted once: a retransmission adds nothing), packets as the wire sees
- * them (GSO segments, retransmissions included). */
+ * excluded), packets as the wire sees them (GSO segments, retransmissions included). TCP egress
+ * bytes are counted once per sequence number (a retransmission adds nothing: tcp_end_out);
+ * TCP ingress bytes are every payload byte received (retransmissions and segments outside the
+ * window included: a peer decides what it sends), corrected at CLOSE by the kernel's own totals
+ * (heron_net_flow_close.tcp_bytes_in/out). */
 struct heron_net_counters {
 	__u64 bytes_out;
 	__u64 bytes_in;
@@ -72,11 +82,12 @@ struct heron_net_counters {
 	__u64 packets_in;
 	__u64 first_ns; /* bpf_ktime_get_boot_ns() of the first and last packet */
 	__u64 last_ns;
-	__u32 tcp_end_out; /* TCP: highest sequence number + 1 seen in each direction */
-	__u32 tcp_end_in;
-	__u8 tcp_seen_out; /* the tcp_end_* field above is set */
-	__u8 tcp_seen_in;
-	__u8 _pad[6];
+	__u32 tcp_end_out; /* TCP: highest sequence number + 1 sent */
+	__u32 tcp_fin_out; /* TCP: sequence number after this side's FIN */
+	__u32 tcp_fin_in;  /* TCP: sequence number after the last FIN received */
+	__u8 tcp_seen_out; /* tcp_end_out is set */
+	__u8 tcp_fins;     /* 1: tcp_fin_out is set, 2: tcp_fin_in is set */
+	__u8 _pad[2];
 };
 
 /* Key of heron_net_listeners: a TCP listening port in one network namespace. */
@@ -106,10 +117,15 @@ struct heron_net_flow_open {
 	__u16 _pad[3];
 };
 
+/* counters: as counted per packet. With HERON_NET_R_TCP_TOTALS, tcp_bytes_out/in are the
+ * kernel's tcp_sock bytes_acked/bytes_received less the sequence numbers SYN and FIN use: the
+ * exact payload the peer acknowledged and this host received in order. */
 struct heron_net_flow_close {
 	struct heron_net_hdr hdr;
 	struct heron_net_flow_key key;
 	struct heron_net_counters counters;
+	__u64 tcp_bytes_out;
+	__u64 tcp_bytes_in;
 };
 
 /* RELEASE, OWNER and LISTEN records. */

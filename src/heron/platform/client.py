@@ -136,7 +136,8 @@ def _describe(kind: str, ev: Mapping[str, Any]) -> str:
     if kind == "net.dns":
         answers = ",".join(str(a) for a in ev.get("answers") or []) or str(ev.get("rcode", ""))
         return f"dns {ev.get('qtype')} {ev.get('query')} -> {answers}"
-    text = f"{ev.get('action')} {ev.get('old_path') + ' -> ' if ev.get('old_path') else ''}{ev.get('path')}"
+    old = f"{ev['old_path']} -> " if ev.get("old_path") else ""
+    text = f"{ev.get('action')} {old}{ev.get('path')}"
     if ev.get("package_manager"):
         text += f" [{ev['package_manager']}]"
     if ev.get("attribution") == "unknown":

@@ -70,6 +70,8 @@ def test_flat_decoders_cover_the_records() -> None:
     assert nb.SOCK_EVENT_FLAT.size == nb.SOCK_EVENT.fmt.size
     assert nb.DNS_FLAT.size + nb.DNS_MAX == nb.DNS.fmt.size
     assert nb.COUNTERS_FLAT.size == nb.COUNTERS_SIZE and nb.KEY_SIZE == 32
+    assert nb.CLOSE_TOTALS_OFFSET + nb.CLOSE_TOTALS.size == nb.FLOW_CLOSE.fmt.size
+    assert [f.offset for f in nb.FLOW_CLOSE.fields if f.name == "tcp_bytes_out"] == [nb.CLOSE_TOTALS_OFFSET]
 
 
 def test_constants_match_the_header() -> None:
@@ -84,6 +86,9 @@ def test_constants_match_the_header() -> None:
         "HERON_NET_F_LISTENER": nb.F_LISTENER, "HERON_NET_F_UDP_BOUND": nb.F_UDP_BOUND,
         "HERON_NET_F_SNAPSHOT": nb.F_SNAPSHOT, "HERON_NET_F_HAS_FLOW": nb.F_HAS_FLOW, "HERON_NET_R_IN": nb.R_IN,
         "HERON_NET_R_OPEN": nb.R_OPEN, "HERON_NET_R_NO_FLOW": nb.R_NO_FLOW, "HERON_NET_R_CUT": nb.R_CUT,
+        "HERON_NET_R_TCP_TOTALS": nb.R_TCP_TOTALS, "HERON_NET_UDP_MAX_PEERS": nb.UDP_MAX_PEERS,
+        "HERON_NET_STAT_LISTENERS_FULL": nb.STAT_LISTENERS_FULL,
+        "HERON_NET_STAT_UDP_PEERS_FOLDED": nb.STAT_UDP_PEERS_FOLDED,
         "HERON_NET_STAT_LOST": nb.STAT_LOST, "HERON_NET_STAT_UNOWNED": nb.STAT_UNOWNED,
         "HERON_NET_STAT_FLOWS_FULL": nb.STAT_FLOWS_FULL, "HERON_NET_STAT_UNPARSED": nb.STAT_UNPARSED,
         "HERON_NET_STAT_NO_LISTENER": nb.STAT_NO_LISTENER, "HERON_NET_STAT_DNS": nb.STAT_DNS,

@@ -110,6 +110,36 @@ def test_tcp_streams_are_bounded_and_closed() -> None:
     assert not r.streams
 
 
+def test_tcp_held_bytes_are_bounded_per_stream_and_in_total() -> None:
+    # Out-of-order 60 KiB segments (never filled): the third passes 128 KiB and loses the stream.
+    r = TcpReassembler()
+    r.segment(KEY, 0, SYN, b"", 0)
+    big = b"x" * 60_000
+    for i in range(3):
+        r.segment(KEY, 1000 + i * 70_000, ACK, big, 1)
+    assert r.lost == 1 and r.total_bytes == 0
+    # Many streams each holding 100 KiB: the total stays under max_total_bytes, the oldest go.
+    r = TcpReassembler(max_total_bytes=1_000_000)
+    for port in range(40):
+        key = ("10.0.0.1", port, "10.0.0.2", 53)
+        r.segment(key, 0, SYN, b"", port)
+        r.segment(key, 1000, ACK, b"y" * 50_000, port)
+        r.segment(key, 60_000, ACK, b"y" * 50_000, port)
+        assert r.total_bytes <= 1_000_000
+    assert r.evicted_for_memory > 0 and len(r.streams) < 40
+    assert r.total_bytes == sum(len(st.buffer) + st.held_bytes for st in r.streams.values())
+    # A closed stream gives its bytes back; what is held still reassembles once the gap fills.
+    last = ("10.0.0.1", 39, "10.0.0.2", 53)
+    assert ("10.0.0.1", 39, "10.0.0.2", 53) in r.streams
+    r.segment(last, 1, FIN | ACK, b"", 50)
+    assert r.total_bytes == sum(len(st.buffer) + st.held_bytes for st in r.streams.values())
+    stream = framed(*MESSAGES)
+    r2 = TcpReassembler()
+    r2.segment(KEY, 0, SYN, b"", 0)
+    assert r2.segment(KEY, 11, ACK, stream[10:], 1) == [] and r2.total_bytes == len(stream) - 10
+    assert r2.segment(KEY, 1, ACK, stream[:10], 2) == MESSAGES and r2.total_bytes == 0
+
+
 def ipv4(proto: int, l4: bytes, src: bytes = b"\x0a\x00\x00\x01", dst: bytes = b"\x0a\x00\x00\x02") -> bytes:
     return struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(l4), 1, 0, 64, proto, 0) + src + dst + l4
 

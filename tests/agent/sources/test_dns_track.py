@@ -173,7 +173,7 @@ def test_identical_outcomes_fold_per_interval() -> None:
     assert t.flush(T0 + 20 * S) == []
 
 
-def test_response_without_query_is_reported_with_the_responses_pid() -> None:
+def test_response_without_query_is_reported_but_names_nothing() -> None:
     t, names = tracker()
     ask(t, response("mid.example", [Answer("mid.example", "A", 300, "192.0.2.9")]), T0, pid=321, key="")
     ask(t, response("nobody.example", [Answer("nobody.example", "A", 300, "192.0.2.10")], qid=2), T0, pid=0, key="")
@@ -181,8 +181,19 @@ def test_response_without_query_is_reported_with_the_responses_pid() -> None:
     assert events["mid.example"].process == ProcessRef(pid=321, key="", uid=1000)
     assert events["nobody.example"].process is None
     assert t.unmatched == 2
-    assert names.lookup("192.0.2.9", 321, T0) == "mid.example"
-    assert names.lookup("192.0.2.10", 7, T0) == "nobody.example"
+    # An unsolicited answer (a forged packet) must not label flows, for that process or the host.
+    assert names.lookup("192.0.2.9", 321, T0) is None
+    assert names.lookup("192.0.2.10", 7, T0) is None and len(names) == 0
+
+
+def test_forged_answer_does_not_override_a_real_one() -> None:
+    t, names = tracker()
+    ask(t, query("bank.example"), T0)
+    ask(t, response("bank.example", [Answer("bank.example", "A", 300, "192.0.2.80")]), T0 + 1)
+    # A second "answer" with another id, to a question nobody asked, claims the same address.
+    ask(t, response("evil.example", [Answer("evil.example", "A", 300, "192.0.2.80")], qid=7), T0 + 2)
+    assert names.lookup("192.0.2.80", 100, T0 + 3) == "bank.example"
+    assert names.lookup("192.0.2.80", 0, T0 + 3) == "bank.example"
 
 
 def test_truncated_response_waits_for_the_tcp_retry() -> None:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ import pytest
 
 from collect import Collector
 from heron.agent.config import NetworkConfig
+from heron.agent.ebpf import net_objects as nb
 from heron.agent.health import Health
 from heron.agent.host import Host
 from heron.agent.sources.base import SourceContext
@@ -510,3 +512,166 @@ def test_quiet_udp_peer_is_finished_and_a_returning_one_is_a_new_flow(host: Host
         peer.close()
     finally:
         r.close()
+
+
+def _corrupt_counters(r: Running, match: Callable[[bytes], bool]) -> int:
+    """Zeroes bytes_in (and bytes_out) of the kernel flow entries ``match`` picks: what a forged
+    out-of-window segment did to the old per-packet mark (the real download counted 0)."""
+    loaded = r.src.loaded
+    assert loaded is not None
+    keys, values, n = loaded.read_flows()
+    ks, vs = nb.KEY_SIZE, nb.COUNTERS_SIZE
+    done = 0
+    for i in range(n):
+        key = keys[i * ks : (i + 1) * ks]
+        if match(key):
+            value = bytearray(values[i * vs : (i + 1) * vs])
+            value[0:16] = bytes(16)
+            assert loaded.obj.map_update_fd(loaded.fd(nb.FLOWS_MAP), key, bytes(value), nb.BPF_ANY)
+            done += 1
+    return done
+
+
+@pytest.mark.parametrize(("abort", "raw_tp"), [(False, False), (True, False), (False, True)],
+                         ids=["fin", "rst", "fin-raw_tp"])
+def test_tcp_totals_at_close_replace_the_per_packet_counts(host: Host, abort: bool, raw_tp: bool) -> None:
+    """The inbound side is checked at close: the kernel's bytes_acked/bytes_received (less SYN
+    and FIN) become the connection's final totals, whatever the per-packet counters say."""
+    # Long interval and map reads: nothing is read before the close record.
+    r = Running(host, NetworkConfig(interval_s=60.0), map_read_interval_s=60.0, force_raw_tp=raw_tp)
+    n_out, n_in = 123_457, 54_321
+    srv = socket.socket()
+    try:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        c = socket.create_connection(("127.0.0.1", port))
+        a, _ = srv.accept()
+        c.sendall(b"o" * n_out)
+        got = 0
+        while got < n_out:
+            got += len(a.recv(65536))
+        a.sendall(b"i" * n_in)
+        got = 0
+        while got < n_in:
+            got += len(c.recv(65536))
+        cport = c.getsockname()[1]
+        time.sleep(0.1)
+        # raw_tp cannot give a new accepted socket a cookie (another BPF user may have): only the
+        # client side is checked there.
+        ports = (port,) if raw_tp else (port, cport)
+        assert _corrupt_counters(r, lambda k: int.from_bytes(k[24:26], "little") in ports) == len(ports)
+        if abort:  # RST: the client's close sends no FIN
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+            a.close()
+        else:  # the client half-closes first, the server answers with its FIN
+            c.shutdown(socket.SHUT_WR)
+            assert a.recv(10) == b""
+            a.close()
+            assert c.recv(10) == b""
+            c.close()
+        time.sleep(0.3)
+    finally:
+        srv.close()
+        r.close()
+    me = os.getpid()
+    client = flows(r.col, lambda f: f.process is not None and f.process.pid == me and f.remote_port == port
+                   and f.direction == "out")
+    server = flows(r.col, lambda f: f.process is not None and f.process.pid == me and f.local_port == port
+                   and f.direction == "in")
+    assert (sum(f.bytes_out for f in client), sum(f.bytes_in for f in client)) == (n_out, n_in)
+    if not raw_tp:
+        assert (sum(f.bytes_out for f in server), sum(f.bytes_in for f in server)) == (n_in, n_out)
+
+
+def test_udp_peers_past_the_cap_share_one_wildcard_flow(host: Host) -> None:
+    r = Running(host, NetworkConfig(interval_s=0.5))
+    socks: list[socket.socket] = []
+    try:
+        target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        target.bind(("127.0.0.1", 0))
+        socks.append(target)
+        port = target.getsockname()[1]
+        extra = 20
+        for _ in range(nb.UDP_MAX_PEERS + extra):  # each peer sends one datagram to `target`
+            p = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(p)
+            p.sendto(b"u" * 10, ("127.0.0.1", port))
+        total = (nb.UDP_MAX_PEERS + extra) * 10
+        me = os.getpid()
+
+        def inbound(f: NetFlow) -> bool:
+            return f.process is not None and f.process.pid == me and f.protocol == "udp" and \
+                f.direction == "in" and f.local_port == port
+
+        assert wait_totals(r.col, inbound, {"bytes_in": total}) == {"bytes_in": total}
+        folded = [f for f in flows(r.col, inbound) if f.remote_addr == "0.0.0.0"]
+        assert sum(f.bytes_in for f in folded) == extra * 10
+        assert r.health.get("network.ebpf.udp_peers_folded") >= extra
+    finally:
+        for s in socks:
+            s.close()
+        r.close()
+
+
+def test_accepted_socket_of_an_unknown_listener_goes_to_its_first_user(host: Host) -> None:
+    """The listener's owner is not known (its entry is gone): the accepted socket waits for the
+    first process that reads it instead of staying unattributed."""
+    r = Running(host, NetworkConfig(interval_s=0.5))
+    srv = socket.socket()
+    try:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        loaded = r.src.loaded
+        assert loaded is not None
+        netns = os.stat("/proc/self/ns/net").st_ino
+        key = nb.LISTEN_KEY.fmt.pack(netns, port, 0)
+        deadline = time.monotonic() + 5
+        while not loaded.obj.map_delete(loaded.fd(nb.LISTENERS_MAP), key):
+            assert time.monotonic() < deadline, "listener entry never appeared"
+            time.sleep(0.01)
+        c = socket.create_connection(("127.0.0.1", port))
+        a, _ = srv.accept()
+        c.sendall(b"q" * 4321)
+        got = 0
+        while got < 4321:
+            got += len(a.recv(65536))
+        c.close()
+        a.close()
+        me = os.getpid()
+        want = {"connections": 1, "bytes_in": 4321}
+        assert wait_totals(r.col, lambda f: f.local_port == port and f.direction == "in"
+                           and f.process is not None and f.process.pid == me, want) == want
+        assert r.health.get("network.ebpf.no_listener") >= 1
+    finally:
+        srv.close()
+        r.close()
+
+
+def test_dns_response_sent_by_a_local_process_teaches_nothing(host: Host) -> None:
+    """A local process sending a forged "answer" to a DNS port is not an answer this host received:
+    no record, no name for the address."""
+    sys.path.insert(0, str(TESTS))
+    from dnsserver import build_query, build_response
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    port = receiver.getsockname()[1]
+    r = Running(host, NetworkConfig(interval_s=0.5, dns_ports=[port]))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        forged = build_response(build_query("forged.example"), {"forged.example": [("A", "127.0.0.99")]})
+        sender.sendto(forged, ("127.0.0.1", port))
+        deadline = time.monotonic() + 5
+        while r.health.get("network.ebpf.dns_egress_responses") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert r.health.get("network.ebpf.dns_egress_responses") == 1
+        assert r.src.names.lookup("127.0.0.99", os.getpid()) is None
+        assert r.src.names.lookup("127.0.0.99", 0) is None
+    finally:
+        sender.close()
+        receiver.close()
+        r.close()
+    assert not r.col.find(lambda e: isinstance(e, DnsQuery) and e.query == "forged.example")

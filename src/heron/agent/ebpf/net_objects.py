@@ -28,7 +28,7 @@ from heron.agent.ebpf.libbpf import BpfObject, LibbpfError, num_possible_cpus
 log = logging.getLogger(__name__)
 
 OBJECT = "net"
-HERON_NET_ABI_VERSION = 1
+HERON_NET_ABI_VERSION = 2
 
 # Record kinds and flags (heron_net_abi.h).
 EV_FLOW_OPEN = 1
@@ -45,11 +45,13 @@ F_LISTENER = 0x8
 F_UDP_BOUND = 0x10
 F_SNAPSHOT = 0x40
 F_HAS_FLOW = 0x80
+UDP_MAX_PEERS = 256  # past this many, a UDP socket's new peers share one wildcard flow (address 0, port 0)
 
 R_IN = 0x1
 R_OPEN = 0x2
 R_NO_FLOW = 0x4
 R_CUT = 0x8
+R_TCP_TOTALS = 0x10
 
 STAT_LOST = 0
 STAT_UNOWNED = 1
@@ -57,9 +59,12 @@ STAT_FLOWS_FULL = 2
 STAT_UNPARSED = 3
 STAT_NO_LISTENER = 4
 STAT_DNS = 5
+STAT_LISTENERS_FULL = 6
+STAT_UDP_PEERS_FOLDED = 7
 STAT_COUNT = 8
 STAT_NAMES = {STAT_LOST: "lost", STAT_UNOWNED: "unowned_packets", STAT_FLOWS_FULL: "flows_full",
-              STAT_UNPARSED: "unparsed_packets", STAT_NO_LISTENER: "no_listener", STAT_DNS: "dns_captured"}
+              STAT_UNPARSED: "unparsed_packets", STAT_NO_LISTENER: "no_listener", STAT_DNS: "dns_captured",
+              STAT_LISTENERS_FULL: "listeners_full", STAT_UDP_PEERS_FOLDED: "udp_peers_folded"}
 
 DNS_MAX = 1024
 DNS_PORTS_BYTES = 8192
@@ -88,7 +93,7 @@ ITER_PROGRAM = "heron_n_iter"
 ALL_PROGRAMS = (*ESSENTIAL, STATE_BTF, STATE_RAW, *OPTIONAL)
 # What each program adds, for doctor and health messages when it is missing.
 PURPOSE = {
-    "heron_n_release": "UDP flows end and UDP listening sockets close only at the next map read",
+    "heron_n_release": "UDP flows end only when idle for gc_idle_s; UDP listening sockets are never reported closed",
     "heron_n_pbind4": "UDP listening sockets (IPv4) not reported",
     "heron_n_pbind6": "UDP listening sockets (IPv6) not reported",
     "heron_n_send": "accepted connections stay with the listener's owner",
@@ -111,8 +116,8 @@ _HDR = [("kind", "I"), ("flags", "I"), ("ts_boot_ns", "Q")]
 _KEY = [("cookie", "Q"), ("raddr", "16s"), ("rport", "H"), ("proto", "B"), ("_pad", "5s")]
 _OWNER = [("start_boottime_ns", "Q"), ("tgid", "I"), ("uid", "I"), ("flags", "Q")]
 _COUNTERS = [("bytes_out", "Q"), ("bytes_in", "Q"), ("packets_out", "Q"), ("packets_in", "Q"),
-             ("first_ns", "Q"), ("last_ns", "Q"), ("tcp_end_out", "I"), ("tcp_end_in", "I"), ("tcp_seen_out", "B"),
-             ("tcp_seen_in", "B"), ("_pad", "6s")]
+             ("first_ns", "Q"), ("last_ns", "Q"), ("tcp_end_out", "I"), ("tcp_fin_out", "I"),
+             ("tcp_fin_in", "I"), ("tcp_seen_out", "B"), ("tcp_fins", "B"), ("_pad", "2s")]
 
 OWNER = _layout("heron_net_owner", _OWNER)
 FLOW_KEY = _layout("heron_net_flow_key", _KEY)
@@ -122,7 +127,8 @@ LISTENER = _layout("heron_net_listener", [("cookie", "Q"), ("owner", "24s")])
 HDR = _layout("heron_net_hdr", _HDR)
 FLOW_OPEN = _layout("heron_net_flow_open", [("hdr", "16s"), ("key", "32s"), ("owner", "24s"), ("laddr", "16s"),
                                             ("lport", "H"), ("_pad", "6s")])
-FLOW_CLOSE = _layout("heron_net_flow_close", [("hdr", "16s"), ("key", "32s"), ("counters", "64s")])
+FLOW_CLOSE = _layout("heron_net_flow_close", [("hdr", "16s"), ("key", "32s"), ("counters", "64s"),
+                                              ("tcp_bytes_out", "Q"), ("tcp_bytes_in", "Q")])
 SOCK_EVENT = _layout("heron_net_sock_event", [("hdr", "16s"), ("cookie", "Q"), ("owner", "24s"), ("addr", "16s"),
                                               ("port", "H"), ("proto", "B"), ("_pad", "5s")])
 DNS = _layout("heron_net_dns", [("hdr", "16s"), ("key", "32s"), ("owner", "24s"), ("laddr", "16s"), ("lport", "H"),
@@ -138,11 +144,13 @@ LAYOUTS: dict[str, Layout] = {lay.name: lay for lay in (
 
 # Flat decoders for the hot path: a whole record in one unpack (nested structs spelled out).
 FLOW_OPEN_FLAT = struct.Struct("<IIQ" + "Q16sHB5x" + "QIIQ" + "16sH6x")
-FLOW_CLOSE_FLAT = struct.Struct("<IIQ" + "Q16sHB5x" + "QQQQQQ16x")
+FLOW_CLOSE_FLAT = struct.Struct("<IIQ" + "Q16sHB5x" + "QQQQQQ16x" + "QQ")
 SOCK_EVENT_FLAT = struct.Struct("<IIQ" + "Q" + "QIIQ" + "16sHB5x")
 DNS_FLAT = struct.Struct("<IIQ" + "Q16sHB5x" + "QIIQ" + "16sHHIII")
 COUNTERS_FLAT = struct.Struct("<QQQQQQ16x")  # the TCP sequence marks are the kernel's business
 CLOSE_HEAD = struct.Struct("<IIQQ")  # kind, flags, ts, cookie of a FLOW_CLOSE record
+CLOSE_TOTALS = struct.Struct("<QQ")  # tcp_bytes_out, tcp_bytes_in of a FLOW_CLOSE record
+CLOSE_TOTALS_OFFSET = 48 + 64
 KEY_SIZE = FLOW_KEY.fmt.size
 COUNTERS_SIZE = COUNTERS.fmt.size
 

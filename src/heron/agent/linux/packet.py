@@ -16,8 +16,11 @@
   ``drops()`` totals the kernel's PACKET_STATISTICS drops (the kernel resets them on each read).
 - TCP: each direction of a connection is reassembled by sequence number (retransmissions
   trimmed, a few out-of-order segments held) and cut into DNS messages by their 2-byte length
-  prefix. A gap that does not fill marks the stream lost until its next SYN (``tcp_lost``).
-  Streams are bounded (least recently used evicted) and forgotten after ``idle_s``.
+  prefix. A gap that does not fill marks the stream lost until its next SYN (``tcp_lost``), and
+  so does holding more than ``max_stream_bytes`` (128 KiB: one partial message plus held
+  segments). Streams are bounded in number (least recently used evicted) and in the bytes they
+  hold together (``max_total_bytes``, 16 MiB: least recently used evicted, ``evicted_for_memory``),
+  and forgotten after ``idle_s``.
 
 Not seen: IPv4 fragments after the first (a fragmented UDP answer is counted in ``fragments`` and
 skipped), IPv6 extension headers, VLAN/QinQ tags the driver did not offload. Addresses are text
@@ -178,6 +181,8 @@ class _Stream:
     held: dict[int, bytes]
     lost: bool
     last_ns: int
+    held_bytes: int = 0  # bytes in held
+    size: int = 0  # buffer + held bytes, as counted in TcpReassembler.total_bytes
 
 
 class TcpReassembler:
@@ -185,18 +190,25 @@ class TcpReassembler:
 
     MAX_HELD = 16  # out-of-order segments held per stream
 
-    def __init__(self, max_streams: int = 4096, idle_s: float = 60.0) -> None:
+    def __init__(self, max_streams: int = 4096, idle_s: float = 60.0, max_stream_bytes: int = 128 * 1024,
+                 max_total_bytes: int = 16 * 1024 * 1024) -> None:
         self.max_streams = max_streams
         self.idle_ns = int(idle_s * 1e9)
+        self.max_stream_bytes = max_stream_bytes
+        self.max_total_bytes = max_total_bytes
         self.streams: OrderedDict[tuple[str, int, str, int], _Stream] = OrderedDict()
-        self.lost = 0  # streams given up after a gap
+        self.total_bytes = 0  # held by every stream (partial messages and out-of-order segments)
+        self.lost = 0  # streams given up after a gap, or holding more than max_stream_bytes
         self.evicted = 0
+        self.evicted_for_memory = 0  # streams evicted because together they held max_total_bytes
 
     def segment(self, key: tuple[str, int, str, int], seq: int, flags: int, payload: bytes,
                 now_ns: int) -> list[bytes]:
         st = self.streams.get(key)
         if flags & _TCP_SYN:
             seq = (seq + 1) & _SEQ_MASK  # data on a SYN (fast open) starts after it
+            if st is not None:
+                self.total_bytes -= st.size
             st = _Stream(seq, bytearray(), {}, False, now_ns)
             self._put(key, st)
         elif st is None:
@@ -206,17 +218,25 @@ class TcpReassembler:
             self._put(key, st)
         out = self._add(st, seq, payload) if payload and not st.lost else []
         if flags & (_TCP_FIN | _TCP_RST):
-            self.streams.pop(key, None)
+            gone = self.streams.pop(key, None)
+            if gone is not None:
+                self.total_bytes -= gone.size
         else:
             st.last_ns = now_ns
             self.streams.move_to_end(key)
+            size = len(st.buffer) + st.held_bytes
+            self.total_bytes += size - st.size
+            st.size = size
+            while self.total_bytes > self.max_total_bytes and len(self.streams) > 1:
+                self.total_bytes -= self.streams.popitem(last=False)[1].size
+                self.evicted_for_memory += 1
         return out
 
     def _put(self, key: tuple[str, int, str, int], st: _Stream) -> None:
         self.streams[key] = st
         self.streams.move_to_end(key)
         while len(self.streams) > self.max_streams:
-            self.streams.popitem(last=False)
+            self.total_bytes -= self.streams.popitem(last=False)[1].size
             self.evicted += 1
 
     def _add(self, st: _Stream, seq: int, payload: bytes) -> list[bytes]:
@@ -227,11 +247,14 @@ class TcpReassembler:
                 return []
             payload, diff = payload[behind:], 0
         if diff:
-            if len(st.held) >= self.MAX_HELD:
-                st.lost, st.buffer, st.held = True, bytearray(), {}
+            if len(st.held) >= self.MAX_HELD or (
+                    st.held_bytes + len(payload) + len(st.buffer) > self.max_stream_bytes):
+                st.lost, st.buffer, st.held, st.held_bytes = True, bytearray(), {}, 0
                 self.lost += 1
                 return []
+            old = st.held.get(seq)
             st.held[seq] = payload
+            st.held_bytes += len(payload) - (len(old) if old is not None else 0)
             return []
         st.buffer += payload
         st.next_seq = (st.next_seq + len(payload)) & _SEQ_MASK
@@ -241,6 +264,7 @@ class TcpReassembler:
                 break
             for s in ready:
                 data = st.held.pop(s)
+                st.held_bytes -= len(data)
                 d = (s - st.next_seq) & _SEQ_MASK
                 behind = 0 if d == 0 else (1 << 32) - d
                 if behind < len(data):
@@ -255,6 +279,7 @@ class TcpReassembler:
             if st.last_ns > cutoff:
                 break
             del self.streams[key]
+            self.total_bytes -= st.size
 
 
 def _addr6(raw: bytes) -> str:

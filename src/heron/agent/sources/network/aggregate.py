@@ -6,6 +6,10 @@ deltas and folds them into one ``NetFlow`` per (process, direction, protocol, lo
 port class, remote address, remote port class) per interval. Ephemeral ports collapse: an
 outgoing flow keeps the remote port and drops the local one, an incoming flow the reverse. The
 socket table is bounded; past ``max_sockets`` new sockets are counted as dropped, not tracked.
+The flows of one interval are bounded too: past ``max_flows``, a socket whose flow is new is
+folded into an overflow flow per (process, direction, protocol, local address, local port class)
+with remote address 0.0.0.0 and remote port 0, counted in ``folded_sockets`` (many distinct
+inbound peers, a scan).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from heron.schema.events import NetFlow, ProcessRef
 # remote address, pid -> the name the process (or the host) resolved to that address
 NameLookup = Callable[[str, int], "str | None"]
 FlowKey = tuple[str, int, str, str, str, int, str, int]
+OVERFLOW_ADDR = "0.0.0.0"  # remote address of the flow that holds what max_flows left out
 
 
 def normalize_addr(addr: str | bytes) -> str:
@@ -34,7 +39,7 @@ def normalize_addr(addr: str | bytes) -> str:
 class SocketSample:
     """One socket as a collector sees it now; counters are totals since the socket was created."""
 
-    sock_id: int  # unique while the socket lives: socket cookie (eBPF) or inode (user mode)
+    sock_id: int  # unique while the socket lives: a per-flow counter (eBPF) or the inode (user mode)
     pid: int
     protocol: str  # tcp | udp
     direction: str  # out | in
@@ -76,10 +81,12 @@ class _Flow:
 
 class FlowAggregator:
     def __init__(self, interval_s: float, names: NameLookup | None = None, max_sockets: int = 262_144,
-                 source: str = "") -> None:
+                 source: str = "", max_flows: int = 65_536) -> None:
         self.interval_ns = int(interval_s * 1e9)
         self.names = names
         self.max_sockets = max_sockets
+        self.max_flows = max_flows
+        self.folded_sockets = 0  # sockets counted in an overflow flow (max_flows reached), since start
         self.source = source
         self.sockets: dict[int, _Sock] = {}
         self.flows: dict[FlowKey, _Flow] = {}
@@ -93,8 +100,10 @@ class FlowAggregator:
             return (who, s.pid, s.direction, s.protocol, s.local_addr, 0, s.remote_addr, s.remote_port)
         return (who, s.pid, s.direction, s.protocol, s.local_addr, s.local_port, s.remote_addr, 0)
 
-    def observe(self, s: SocketSample, now_ns: int) -> None:
-        """Fold one socket's current totals in (first sight counts one connection)."""
+    def observe(self, s: SocketSample, now_ns: int, final: bool = False) -> None:
+        """Fold one socket's current totals in (first sight counts one connection). ``final``: the
+        socket's exact last totals, which may be smaller than an earlier overcount (then that
+        counter adds nothing) instead of a reused id starting again."""
         ts = s.seen_ns or now_ns
         known = self.sockets.get(s.sock_id)
         if known is None:
@@ -107,16 +116,24 @@ class FlowAggregator:
             new_connection = True
         else:
             new_connection = False
-        d_bo, d_bi = _delta(s.bytes_out, known.bytes_out), _delta(s.bytes_in, known.bytes_in)
-        d_po, d_pi = _delta(s.packets_out, known.packets_out), _delta(s.packets_in, known.packets_in)
+        delta = _final_delta if final else _delta
+        d_bo, d_bi = delta(s.bytes_out, known.bytes_out), delta(s.bytes_in, known.bytes_in)
+        d_po, d_pi = delta(s.packets_out, known.packets_out), delta(s.packets_in, known.packets_in)
         known.bytes_out, known.bytes_in = s.bytes_out, s.bytes_in
         known.packets_out, known.packets_in = s.packets_out, s.packets_in
         if not new_connection and not (d_bo or d_bi or d_po or d_pi):
             return  # an idle long-lived socket adds no record
-        flow = self.flows.get(known.flow)
+        fk = known.flow
+        flow = self.flows.get(fk)
         if flow is None:
-            flow = _Flow(s.pid, s.key, s.uid, first_ns=ts)
-            self.flows[known.flow] = flow
+            if len(self.flows) >= self.max_flows:  # this interval only: the next starts afresh
+                who, pid, direction, protocol, laddr, lport, _raddr, _rport = fk
+                fk = (who, pid, direction, protocol, laddr, lport, OVERFLOW_ADDR, 0)
+                self.folded_sockets += 1
+                flow = self.flows.get(fk)
+            if flow is None:  # overflow flows may pass max_flows: at most one per local endpoint
+                flow = _Flow(s.pid, s.key, s.uid, first_ns=ts)
+                self.flows[fk] = flow
         if new_connection:
             flow.connections += 1
         flow.bytes_out += d_bo
@@ -156,3 +173,7 @@ class FlowAggregator:
 def _delta(now: int, before: int) -> int:
     # Counters only grow; a smaller total means a reused id: take the new total whole.
     return now - before if now >= before else now
+
+
+def _final_delta(now: int, before: int) -> int:
+    return now - before if now > before else 0

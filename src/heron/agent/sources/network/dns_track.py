@@ -6,7 +6,8 @@ addr:port, server addr:port, message id, question), folds identical outcomes of 
 an interval into one record (count, first_ts, last_ts), reports questions left unanswered for
 ``timeout_s`` with rcode "TIMEOUT", and still reports a response whose query it never saw
 (agent started mid-flight, or the query was missed), attributed to the pid given with the
-response. Truncated (TC) UDP responses are not reported: the client retries over TCP, and that
+response; such a response does not teach ``NameCache`` (an unsolicited answer must not label
+flows). Truncated (TC) UDP responses are not reported: the client retries over TCP, and that
 answer is. A copy of a message seen twice (a bridge and its port both captured) is counted in
 ``duplicates`` and otherwise ignored. Memory is bounded: past ``max_pending`` unanswered queries,
 or ``max_records`` records in one interval, new ones are counted in ``dropped``. A record's
@@ -176,6 +177,7 @@ class DnsTracker:
         for qname, qtype in msg.questions:
             pk = (client, server, msg.id, qname, qtype)
             asked = self._pending.pop(pk, None)
+            matched = asked is not None
             if asked is None:
                 if pk in self._answered:
                     self.duplicates += 1
@@ -185,7 +187,9 @@ class DnsTracker:
             self._remember_answered(pk, now_ns)
             if asked.pid <= 0 and pid > 0:  # the query's owner was not known; the response's is
                 asked.pid, asked.key, asked.uid = pid, key, uid
-            if msg.rcode == "NOERROR" and msg.answers:
+            # Only an answer to a question seen asked names addresses: anyone who can put a
+            # packet on the wire can send an unsolicited "response".
+            if matched and msg.rcode == "NOERROR" and msg.answers:
                 self.names.record(msg, asked.pid, now_ns)
             if msg.truncated:
                 self.truncated += 1

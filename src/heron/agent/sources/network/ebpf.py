@@ -17,10 +17,18 @@ a BPF iterator lists every socket open in every process (all network namespaces)
 are reported once (source ``network.snapshot``) and every one is registered so its later traffic
 is attributed. Nothing is read from /proc per event.
 
-Counting: bytes are **L4 payload** bytes (TCP/UDP headers excluded), TCP bytes counted once per
-sequence number (a retransmission, keepalive or window probe adds nothing), so a transfer of N
-bytes counts exactly N on both ends, as the user-mode collectors' bytes_acked/bytes_received
-do. Packets are packets on the wire (GSO segments, retransmissions included). The handshake
+Counting: bytes are **L4 payload** bytes (TCP/UDP headers excluded). While a TCP connection
+lives, outgoing bytes are counted once per sequence number (a retransmission, keepalive or window
+probe adds nothing) and incoming bytes as they arrive (a retransmitted or out-of-window segment
+counts again: a mark moved by what a peer sends could be pushed ahead by a forged segment and
+hide the real data). When the socket reaches CLOSE, its record carries the kernel's exact totals
+(tcp_sock bytes_acked and bytes_received less SYN and FIN): those become the connection's final
+totals, so its last interval corrects what the per-packet counts got wrong (an overcount
+already reported in an earlier interval stays; a smaller final total adds nothing). A transfer of
+N bytes thus ends at exactly N on both ends, as the user-mode collectors' bytes_acked/bytes_received
+do. Packets are packets on the wire (GSO segments, retransmissions included). A UDP socket
+counts up to 256 peers apart; the kernel folds later ones into one flow with remote address
+0.0.0.0 (or ::) and port 0 (``udp_peers_folded``). The handshake
 packets a listener answers are not counted (they belong to no connection yet), nor are the last
 ACKs of a connection in TIME_WAIT (sent by the kernel's control socket: ``unowned_packets``).
 
@@ -158,7 +166,7 @@ class EbpfNetworkSource:
         self._lock = threading.Lock()
         self._snapshot: list[Event] = []
         self._flow_state: dict[bytes, _FlowState] = {}  # flow key (as the kernel's) -> state
-        self._udp_keys: dict[int, list[bytes]] = {}  # UDP cookie -> its flow keys
+        self._udp_keys: dict[int, set[bytes]] = {}  # UDP cookie -> its flow keys
         self._await_owner: dict[int, _FlowState] = {}  # accepted, owner not settled (hold order)
         self._listening: dict[int, _Listening] = {}  # cookie -> listening socket
         self._dns_streams: OrderedDict[tuple[int, int], _DnsStream] = OrderedDict()
@@ -263,6 +271,7 @@ class EbpfNetworkSource:
                 self.read_flows()
             out.extend(self.flows.flush(now_ns))
             self.ctx.health.set(f"{self.name}.dropped_sockets", self.flows.dropped_sockets)
+            self.ctx.health.set(f"{self.name}.folded_flows", self.flows.folded_sockets)
         if everything or self.dns.due(now_ns):
             out.extend(self.dns.flush(now_ns))
             self._dns_health()
@@ -381,7 +390,7 @@ class EbpfNetworkSource:
         st = _FlowState(sample, cookie)
         self._flow_state[key] = st
         if proto == nb.PROTO_UDP:
-            self._udp_keys.setdefault(cookie, []).append(key)
+            self._udp_keys.setdefault(cookie, set()).add(key)
         if oflags & nb.F_INHERITED:
             # The listener's owner, until a process uses the socket: an OWNER record comes within
             # milliseconds when another process (a worker) reads it; none when the owner does.
@@ -390,15 +399,22 @@ class EbpfNetworkSource:
         else:
             self._observe(st, now)
 
-    def _finish(self, st: _FlowState, counters: bytes | None, now: int) -> None:
-        """A flow's last counters: fold them in, forget the socket."""
+    def _finish(self, st: _FlowState, counters: bytes | None, now: int,
+                totals: tuple[int, int] | None = None) -> None:
+        """A flow's last counters: fold them in, forget the socket. ``totals`` (TCP: the kernel's
+        exact bytes out, in at CLOSE) replace the per-packet byte counts."""
+        s = st.sample
         if counters is not None:
-            s = st.sample
             s.bytes_out, s.bytes_in, s.packets_out, s.packets_in, _first, last = nb.COUNTERS_FLAT.unpack(counters)
             s.seen_ns = last + self._offset_ns
+        if totals is not None:
+            s.bytes_out, s.bytes_in = totals
         self._await_owner.pop(st.cookie, None)
-        self._observe(st, now)
-        self.flows.closed(st.sample.sock_id)
+        st.observed = True
+        if s.pid <= 0:
+            self.ctx.health.add(f"{self.name}.unattributed")
+        self.flows.observe(s, now, final=True)
+        self.flows.closed(s.sock_id)
 
     def _on_close(self, rec: bytes, out: list[Event], now: int) -> None:
         _kind, rflags, _ts, cookie = nb.CLOSE_HEAD.unpack_from(rec)
@@ -411,11 +427,12 @@ class EbpfNetworkSource:
             if not rflags & nb.R_NO_FLOW:
                 self.ctx.health.add(f"{self.name}.orphan_closes")
             return
-        self._finish(st, rec[48 : 48 + nb.COUNTERS_SIZE], now)
+        totals = nb.CLOSE_TOTALS.unpack_from(rec, nb.CLOSE_TOTALS_OFFSET) if rflags & nb.R_TCP_TOTALS else None
+        self._finish(st, rec[48 : 48 + nb.COUNTERS_SIZE], now, totals)
 
     def _on_release(self, rec: bytes, out: list[Event], now: int) -> None:
         cookie = nb.SOCK_EVENT_FLAT.unpack_from(rec)[3]
-        keys = self._udp_keys.pop(cookie, [])
+        keys = list(self._udp_keys.pop(cookie, ()))
         loaded = self.loaded
         for key in keys:
             st = self._flow_state.pop(key, None)
@@ -474,6 +491,11 @@ class EbpfNetworkSource:
                 msg = parse_message(m)
             except DnsParseError:
                 self._count("dns_malformed")
+                continue
+            if msg.is_response and not rflags & nb.R_IN:
+                # A local process sending a "response" to a DNS port: not an answer this host
+                # received (it would let any process teach the name cache).
+                self._count("dns_egress_responses")
                 continue
             self.dns.observe(msg, pid=pid, key=key, uid=uid if tgid else -1, server=server, protocol=protocol,
                              client=client, now_ns=wall)
@@ -575,8 +597,8 @@ class EbpfNetworkSource:
             if st is not None:
                 self._finish(st, values[i * vs : (i + 1) * vs], now_ns)
                 udp = self._udp_keys.get(cookie)
-                if udp is not None and key in udp:
-                    udp.remove(key)
+                if udp is not None:
+                    udp.discard(key)
                     if not udp:
                         del self._udp_keys[cookie]
             stale.append(key)

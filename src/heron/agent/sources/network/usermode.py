@@ -634,3 +634,4 @@ class UserModeNetworkSource:
         health.set(f"{self.name}.fd_tables_truncated", st.truncated)
         health.set(f"{self.name}.fd_denied_pids", st.denied)
         health.set(f"{self.name}.aggregator_dropped", self.aggregator.dropped_sockets)
+        health.set(f"{self.name}.folded_flows", self.aggregator.folded_sockets)
