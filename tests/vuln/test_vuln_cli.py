@@ -174,3 +174,19 @@ def test_vulndb_update_takes_the_ecosystems_of_the_inventories(tmp_path: Path, z
     assert "Debian" in captured.out and "11 added" in captured.out
     for missing in ("PyPI", "npm"):
         assert f"{zip_server}/{missing}/all.zip: HTTP 404" in captured.err
+
+
+def test_heron_vulns_warns_about_uncovered_ecosystems(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    import heron.platform.client as client
+    from heron.vuln.commands import vulns_command
+    body = {"findings": [], "total": 0, "advisories": 5, "stats": {"packages": 812}, "uncovered": {"Debian:13": 812}}
+    monkeypatch.setattr(client, "_get", lambda *a, **k: body)
+    out = io.StringIO()
+    assert vulns_command("http://127.0.0.1:1", "t", False, out) == 0
+    assert "warning: no advisories imported for Debian:13 (812 packages): not checked" in out.getvalue()
+    out = io.StringIO()
+    assert vulns_command("http://127.0.0.1:1", "t", True, out) == 0
+    assert out.getvalue() == "" and "Debian:13 (812 packages)" in capsys.readouterr().err

@@ -186,3 +186,66 @@ def test_rpm_source_version_takes_the_binary_epoch(tmp_path: Path) -> None:
     matches, _ = match_packages([installed("1:3.0.7-24.el9"), installed("1:3.0.7-25.el9_3")], adb)
     assert [(m.package_index, m.matched_version, m.fixed_version) for m in matches] == [
         (0, "1:3.0.7-24.el9", "1:3.0.7-25.el9_3")]
+
+
+@pytest.mark.parametrize(("os_release", "ecosystem", "distro", "key"), [
+    ('ID=wolfi\nVERSION_ID="20230201"\n', "Wolfi", "", "Wolfi"),
+    ('ID=chainguard\nVERSION_ID="20230214"\n', "Chainguard", "", "Chainguard"),
+    ('ID=debian\nVERSION_CODENAME=trixie\n', "Debian", "trixie", "Debian:13"),  # testing: no VERSION_ID
+    ('ID=debian\nVERSION_CODENAME=sid\n', "Debian", "sid", "Debian:sid"),
+    ('ID="opensuse-leap"\nVERSION_ID="15.5"\n', "openSUSE", "Leap 15.5", "openSUSE:Leap 15.5"),
+    ('ID="opensuse-tumbleweed"\nVERSION_ID="20240101"\n', "openSUSE", "Tumbleweed", "openSUSE:Tumbleweed"),
+    ('ID="sles"\nVERSION_ID="15.5"\n', "SUSE", "Linux Enterprise Server 15 SP5",
+     "SUSE:Linux Enterprise Server 15 SP5"),
+])
+def test_distribution_keys_meet_osv_keys(tmp_path: Path, os_release: str, ecosystem: str, distro: str,
+                                         key: str) -> None:
+    from heron.agent.packages import os_info
+    from heron.agent.packages.rootfs import RootFS
+    from heron.vuln.ecosystems import ecosystem_key, package_key
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/os-release").write_text(os_release)
+    with RootFS(str(tmp_path)) as fs:
+        info = os_info(fs)
+    assert (info.ecosystem, info.distro) == (ecosystem, distro)
+    manager = "apk" if ecosystem in ("Wolfi", "Chainguard") else "rpm" if "SUSE" in ecosystem else "dpkg"
+    assert package_key(info.ecosystem, info.distro, manager) == key
+    if key != "Debian:sid":
+        assert ecosystem_key(key) == key
+    # an older agent that still reports Wolfi's VERSION_ID meets the advisories too
+    assert package_key("Wolfi", "20230201", "apk") == ecosystem_key("Wolfi") == "Wolfi"
+
+
+def test_ecosystems_without_advisories_are_reported_uncovered(db: AdvisoryDB) -> None:
+    trixie = [Package(ecosystem="Debian", name=f"p{i}", version="1.0-1", manager="dpkg", distro="13", purl=f"p{i}")
+              for i in range(3)]
+    wolfi = Package(ecosystem="Wolfi", name="openssl", version="3.3.0-r0", manager="apk", distro="", purl="w")
+    _, stats = match_packages([*packages(), *trixie, wolfi], db)
+    assert stats.uncovered == {"Debian:13": 3, "Wolfi": 1}  # Debian:12, PyPI, npm have advisories
+    assert stats.as_dict()["uncovered"] == {"Debian:13": 3, "Wolfi": 1}
+    _, stats = match_packages(packages(), db)
+    assert stats.uncovered == {}
+
+
+def test_rpm_is_looked_up_by_binary_and_source_name(tmp_path: Path) -> None:
+    adb = AdvisoryDB(tmp_path / "rpm.sqlite")
+    intro0 = {"introduced": "0"}
+    records = [
+        # written per binary package (as Red Hat / AlmaLinux do) and per source package, one id across both
+        advisory("RLSA-BIN", "Rocky Linux:9", "openssl-libs", [intro0, {"fixed": "1:3.0.7-28.el9"}]),
+        advisory("RLSA-BOTH", "Rocky Linux:9", "openssl", [intro0, {"fixed": "1:3.0.7-29.el9"}]),
+        advisory("RLSA-OLD", "Rocky Linux:9", "openssl-libs", [intro0, {"fixed": "1:3.0.7-20.el9"}]),
+    ]
+    both = advisory("RLSA-BOTH", "Rocky Linux:9", "openssl-libs", [intro0, {"fixed": "1:3.0.7-29.el9"}])
+    records[1]["affected"].append(both["affected"][0])
+    (tmp_path / "osv").mkdir()
+    for r in records:
+        (tmp_path / "osv" / f"{r['id']}.json").write_text(json.dumps(r))
+    adb.import_paths([tmp_path / "osv"])
+    ssl = Package(ecosystem="Rocky Linux", name="openssl-libs", version="1:3.0.7-27.el9", manager="rpm", distro="9",
+                  source_name="openssl", source_version="3.0.7-27.el9", purl="pkg:rpm/rocky/openssl-libs")
+    matches, stats = match_packages([ssl], adb)
+    got = {m.advisory.id: (m.status, m.fixed_version, m.matched_name) for m in matches}
+    assert got == {"RLSA-BIN": ("affected", "1:3.0.7-28.el9", "openssl-libs"),
+                   "RLSA-BOTH": ("affected", "1:3.0.7-29.el9", "openssl")}
+    assert stats.affected == 2 and stats.uncovered == {}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import logging
 import sqlite3
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ import msgspec
 
 from heron.schema.events import NetListen, Package, PackageActivity, PackageInventory, ProcessRef
 from heron.vuln.ecosystems import OS_MANAGERS
+
+log = logging.getLogger("heron.platform.packages")
 
 SNAPSHOT_SOURCE = "network.snapshot"
 _SNAPSHOT_SLACK_NS = 60 * 1_000_000_000  # listeners older than a snapshot by this much are gone
@@ -249,14 +252,22 @@ class PackageStore:
         return sorted(seen)
 
 
+# Batches whose package update was rolled back (an integer SQLite cannot hold), since start.
+overflow_batches = 0
+
+
 def ingest(storage: object, agent_id: str, events: Sequence[object]) -> int:
     """The ingest hook: fold one batch's package and listener events into the store of
     ``storage`` (a no-op for a store without a file). An integer SQLite cannot hold rolls the
-    update back; the batch is then refused by the event store for the same reason."""
+    update back (counted in ``overflow_batches`` and logged); the batch is then refused by the
+    event store for the same reason."""
+    global overflow_batches
     path = store_path(storage)
     if path is None:
         return 0
     try:
         return PackageStore(path).apply(agent_id, events)
-    except OverflowError:
+    except OverflowError as e:
+        overflow_batches += 1
+        log.warning("packages: batch of agent %s not applied (%s); %d such batches", agent_id, e, overflow_batches)
         return 0

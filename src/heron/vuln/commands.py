@@ -168,10 +168,18 @@ def vulns_command(base_url: str, token: str, as_json: bool, out: TextIO, host: s
         print(f"heron: {e}", file=sys.stderr)
         return 1
     findings: list[dict[str, Any]] = body.get("findings") or []
+    # Packages of an ecosystem with no advisory imported were not checked: say so, never "no findings".
+    uncovered = body.get("uncovered") or {}
+    warnings = [f"warning: no advisories imported for {key} ({n} packages): not checked"
+                for key, n in sorted(uncovered.items()) if isinstance(n, int)] if isinstance(uncovered, dict) else []
     if as_json:
         for f in findings:
             out.write(json.dumps(f, ensure_ascii=True) + "\n")
+        for w in warnings:  # stdout stays JSON lines
+            print(f"heron: {w}", file=sys.stderr)
         return 0
+    for w in warnings:
+        out.write(w + "\n")
     if body.get("note"):
         out.write(f"{body['note']}\n")
     for f in findings:

@@ -220,6 +220,12 @@ class AdvisoryDB:
                     found.setdefault((eco, name), []).append((head, _decode_affected(data)))
         return found
 
+    def keys_present(self, keys: Iterable[str]) -> set[str]:
+        """The ecosystem keys that have at least one affected row (one index probe each)."""
+        with self._connect() as conn:
+            return {k for k in set(keys)
+                    if conn.execute("SELECT 1 FROM affected WHERE eco_key = ? LIMIT 1", (k,)).fetchone()}
+
     def counts(self) -> dict[str, int]:
         with self._connect() as conn:
             advisories = conn.execute("SELECT COUNT(*) FROM advisories").fetchone()[0]

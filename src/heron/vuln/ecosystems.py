@@ -7,9 +7,14 @@ are exact: ``Debian:12``, ``Alpine:v3.20``, ``Ubuntu:22.04``, ``Rocky Linux:9``.
 ecosystems have no release (``PyPI``, ``npm``). Names are normalised the way the ecosystem
 compares them (PyPI: PEP 503); everything else is compared as written.
 
+Rolling distributions (Wolfi, Chainguard) have no release. A key with no advisory in the
+database is reported as *uncovered* by the matcher (never a silent "not vulnerable").
+
 Limits: Ubuntu Pro (ESM) advisories share the release's key (a host without Pro is still
 vulnerable to what Pro fixes); Red Hat's CPE-scoped ecosystems are kept as written, so they
-match only an agent that reports the same CPE string.
+match only an agent that reports the same CPE string (a RHEL host's ``Red Hat:9`` is reported
+uncovered); SUSE packages are looked up under "Linux Enterprise Server <N> SP<M>" only, not the
+module ecosystems (Basesystem...) that also carry SUSE advisories.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ OS_ECOSYSTEMS = frozenset({
     "Photon OS", "openEuler", "Alpaquita", "Wolfi", "Chainguard",
 })
 OS_MANAGERS = frozenset({"dpkg", "rpm", "apk"})
+# Rolling distributions: OSV keys their advisories without a release, whatever an agent reports.
+ROLLING = frozenset({"Wolfi", "Chainguard"})
 
 DEBIAN_CODENAMES = {
     "buzz": "1.1", "rex": "1.2", "bo": "1.3", "hamm": "2.0", "slink": "2.1", "potato": "2.2",
@@ -37,7 +44,7 @@ _MAJOR = re.compile(r"([0-9]+)(?:\.[0-9]+)*")
 
 def _release(base: str, parts: list[str]) -> str:
     """The normalised release of an OS ecosystem ("" when none is given)."""
-    if not parts:
+    if not parts or base in ROLLING:
         return ""
     if base == "Debian":
         first = parts[0].lower()

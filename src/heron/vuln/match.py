@@ -3,7 +3,9 @@
 Which advisories a package is checked against (heron.vuln.ecosystems): an OS package (manager
 dpkg, rpm or apk) only against its distribution release's advisories (``Debian:12``...), by
 its *source* package name and version, because distribution advisories are written per source
-package and carry the distribution's back-ported fixed versions; a language package against
+package and carry the distribution's back-ported fixed versions (an RPM is looked up by its
+binary name and version too: RPM distributions often write advisories per binary package; the
+two lookups merge by advisory id); a language package against
 its ecosystem (``PyPI`` with PEP 503 names, ``npm``...). An upstream advisory (PyPI, GHSA,
 OSS-Fuzz...) never applies to an OS package: the distribution's own advisory says whether its
 build is affected. An RPM's source version (from the source RPM's file name) gets the binary's
@@ -14,7 +16,8 @@ in a range (sorted events: ``introduced`` opens, ``fixed`` closes, ``last_affect
 after itself, ``limit`` bounds the range). ``introduced: "0"`` needs no ordering. When the
 installed version or a range's version cannot be ordered (no ordering accepts it, or the
 ecosystem has none here), the result is **unknown**, reported and counted: never a silent
-"not vulnerable".
+"not vulnerable". Likewise a package whose ecosystem key has no advisory at all in the database
+(feed not imported, distribution not covered by OSV) is counted in ``MatchStats.uncovered``.
 """
 
 from __future__ import annotations
@@ -58,10 +61,14 @@ class MatchStats:
     affected: int = 0
     unknown: int = 0
     unknown_reasons: Counter[str] = field(default_factory=Counter)
+    # ecosystem key -> packages, for keys with no advisory at all in the database (a feed not
+    # imported, or a distribution OSV does not cover): those packages were NOT checked.
+    uncovered: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return {"packages": self.packages, "looked_up": self.looked_up, "candidates": self.candidates,
-                "affected": self.affected, "unknown": self.unknown, "unknown_reasons": dict(self.unknown_reasons)}
+                "affected": self.affected, "unknown": self.unknown, "unknown_reasons": dict(self.unknown_reasons),
+                "uncovered": dict(self.uncovered)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +80,13 @@ class Verdict:
 
 def lookup_target(pkg: Package) -> tuple[str, str, str]:
     """(ecosystem key, normalised name, version) to look the package up by."""
+    return lookup_targets(pkg)[0]
+
+
+def lookup_targets(pkg: Package) -> list[tuple[str, str, str]]:
+    """Every (ecosystem key, normalised name, version) the package is looked up by: the source
+    package first; for an RPM also the binary package, since RPM advisories (Red Hat, SUSE,
+    AlmaLinux...) are often written per binary package."""
     key = package_key(pkg.ecosystem, pkg.distro, pkg.manager)
     if pkg.manager in OS_MANAGERS:
         version = pkg.source_version or pkg.version
@@ -80,8 +94,11 @@ def lookup_target(pkg: Package) -> tuple[str, str, str]:
         if pkg.manager == "rpm" and colon and ":" not in version:
             # A source RPM's file name carries no epoch; its binaries share the source's epoch.
             version = f"{epoch}:{version}"
-        return key, pkg.source_name or pkg.name, version
-    return key, normalize(key.partition(":")[0], pkg.name), pkg.version
+        targets = [(key, pkg.source_name or pkg.name, version)]
+        if pkg.manager == "rpm" and (pkg.name, pkg.version) != targets[0][1:]:
+            targets.append((key, pkg.name, pkg.version))
+        return targets
+    return [(key, normalize(key.partition(":")[0], pkg.name), pkg.version)]
 
 
 def _canonical(ecosystem: str, version: str) -> object:
@@ -199,25 +216,30 @@ def _fixed_from_ranges(affected: osv.Affected, ecosystem: str, version: str) -> 
 def match_packages(packages: Sequence[Package], db: AdvisoryDB) -> tuple[list[Match], MatchStats]:
     """Every advisory affecting (or, when unknown, possibly affecting) each package."""
     stats = MatchStats(packages=len(packages))
-    targets = [lookup_target(p) for p in packages]
-    wanted = {(key, name) for key, name, _ in targets}
+    targets = [lookup_targets(p) for p in packages]
+    wanted = {(key, name) for ts in targets for key, name, _ in ts}
     stats.looked_up = len(wanted)
     found = db.lookup(wanted)
+    per_key = Counter(ts[0][0] for ts in targets)
+    present = db.keys_present(per_key)
+    stats.uncovered = {k: n for k, n in sorted(per_key.items()) if k not in present}
     matches: list[Match] = []
-    for index, (key, name, version) in enumerate(targets):
-        best: dict[str, Match] = {}  # advisory id -> the strongest verdict over its affected entries
-        for header, affected in found.get((key, name), ()):
-            stats.candidates += 1
-            verdict = evaluate(affected, key, version)
-            if verdict.status == "not_affected":
-                continue
-            previous = best.get(header.id)
-            if previous is not None and (previous.status == "affected" or verdict.status == "unknown"):
-                continue
-            best[header.id] = Match(
-                package_index=index, advisory=header, status=verdict.status, fixed_version=verdict.fixed_version,
-                severity=affected.severity or header.severity, ecosystem=affected.ecosystem,
-                matched_name=name, matched_version=version, reason=verdict.reason)
+    for index, package_targets in enumerate(targets):
+        # advisory id -> the strongest verdict over its affected entries and the package's names
+        best: dict[str, Match] = {}
+        for key, name, version in package_targets:
+            for header, affected in found.get((key, name), ()):
+                stats.candidates += 1
+                verdict = evaluate(affected, key, version)
+                if verdict.status == "not_affected":
+                    continue
+                previous = best.get(header.id)
+                if previous is not None and (previous.status == "affected" or verdict.status == "unknown"):
+                    continue
+                best[header.id] = Match(
+                    package_index=index, advisory=header, status=verdict.status,
+                    fixed_version=verdict.fixed_version, severity=affected.severity or header.severity,
+                    ecosystem=affected.ecosystem, matched_name=name, matched_version=version, reason=verdict.reason)
         for m in best.values():
             if m.status == "affected":
                 stats.affected += 1

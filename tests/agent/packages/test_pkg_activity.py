@@ -188,3 +188,12 @@ def test_a_container_gone_or_not_yet_pivoted_is_skipped_and_counted(host: Host) 
         assert mon.health.get("package.procfs.containers_deferred") == 1
     finally:
         mon.close()
+
+
+def test_refused_scopes_are_bounded(monitor: PackageMonitor, monkeypatch: pytest.MonkeyPatch) -> None:
+    import heron.agent.sources.package.scan as scan
+    monkeypatch.setattr(scan, "MAX_REFUSED", 8)
+    for i in range(100):  # containers not watched (containers=False): each id is refused once
+        assert not monitor._wanted(f"container-{i:064x}")
+    assert 0 < len(monitor.refused) <= 8
+    assert monitor._wanted("host")

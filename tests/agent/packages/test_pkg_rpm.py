@@ -163,3 +163,45 @@ def test_not_sqlite_and_berkeleydb_are_errors(tmp_path: Path) -> None:
     scope = rpm_scope(root)
     assert scope.load() == []
     assert "BerkeleyDB" in scope.errors()[0] and "not supported" in scope.errors()[0]
+
+
+def test_packages_as_an_endless_view_is_refused_fast(tmp_path: Path) -> None:
+    """A container's rpmdb where Packages is a view over an endless recursive query: an error, quickly."""
+    import time
+    root = make_root(tmp_path, ROCKY_94, merged_usr=False)
+    d = root / "var/lib/rpm"
+    d.mkdir(parents=True)
+    con = sqlite3.connect(d / "rpmdb.sqlite")
+    con.execute("CREATE VIEW Packages AS WITH RECURSIVE r(n, blob) AS (SELECT 1, zeroblob(8) "
+                "UNION ALL SELECT n + 1, zeroblob(8) FROM r) SELECT n AS hnum, blob FROM r")
+    con.commit()
+    con.close()
+    start = time.monotonic()
+    scope = rpm_scope(root)
+    assert scope.load() == []
+    assert time.monotonic() - start < 5
+    assert any("Packages is view, not a table" in e for e in scope.errors())
+
+
+def test_work_budget_and_odd_values_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import heron.agent.packages.rpm as rpm
+    root = make_root(tmp_path, ROCKY_94, merged_usr=False)
+    con = rpmdb(root, [package("bash", "5.1.8", "9.el9")])
+    # a value that is not a blob is a bad header, never bytes(n) of it
+    con.execute("INSERT INTO Packages (blob) VALUES (?)", (10 ** 12,))
+    con.commit()
+    con.close()
+    scope = rpm_scope(root)
+    assert [p.name for p in scope.load()] == ["bash"]
+    assert any("1 unreadable headers" in e for e in scope.errors())
+    monkeypatch.setattr(rpm, "PROGRESS_EVERY", 100)
+    monkeypatch.setattr(rpm, "MAX_VM_STEPS", 1000)  # a tiny budget: the read is aborted
+    con = sqlite3.connect(root / "var/lib/rpm/rpmdb.sqlite")
+    con.executemany("INSERT INTO Packages (blob) VALUES (?)", [(package(f"p{i}", "1", "1"),) for i in range(5000)])
+    con.commit()
+    con.close()
+    scope = rpm_scope(root)
+    assert scope.load() == [] and any("steps" in e for e in scope.errors())
+    monkeypatch.setattr(rpm, "MAX_COPY_BYTES", 4096)
+    scope = rpm_scope(root)
+    assert scope.load() == [] and any("larger than" in e for e in scope.errors())

@@ -177,3 +177,27 @@ def test_migration_upgrades_a_version_1_database(tmp_path: Any) -> None:
     store = PackageStore(path)
     store.apply("a", [PackageInventory(ts=1, scope="host", full=True, added=packages()[:2])])
     assert len(store.installed()) == 2
+
+
+def test_uncovered_ecosystems_are_reported(platform: Platform, agent: EnrolledAgent, tmp_path: Any) -> None:
+    """A distribution with no advisory imported is never a silent "no findings"."""
+    trixie = Package(ecosystem="Debian", name="zlib1g", version="1:1.3.dfsg-3", manager="dpkg", distro="13",
+                     purl="pkg:deb/debian/zlib1g@1:1.3.dfsg-3?distro=debian-13")
+    ingest(platform, agent, batch_body([PackageInventory(ts=time.time_ns(), scope="host", full=True,
+                                                         added=[*_pkgs().values(), trixie])]))
+    _import(platform, tmp_path)
+    result = vulns(platform)
+    assert result["uncovered"] == {"Debian:13": 1}
+    assert result["stats"]["uncovered"] == {"Debian:13": 1}
+
+
+def test_package_update_overflow_is_counted(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from heron.platform import packages as store
+    from heron.platform.server import open_data_dir
+    storage, _ = open_data_dir(tmp_path / "platform")
+    storage.close()
+    before = store.overflow_batches
+    huge = PackageInventory(ts=2**70, scope="host", full=True, added=[_pkgs()["curl"]])
+    assert store.ingest(storage, "agent-1", [huge]) == 0
+    assert store.overflow_batches == before + 1
+    assert "not applied" in caplog.text

@@ -59,6 +59,8 @@ _OS = {
 }
 # Ecosystems whose advisories name only the major release ("Rocky Linux:9", not 9.4).
 _MAJOR_ONLY = {"rocky", "almalinux", "rhel", "centos", "ol"}
+# Rolling distributions: OSV keys their advisories without a release ("Wolfi", "openSUSE:Tumbleweed").
+_ROLLING = {"wolfi": "", "chainguard": "", "opensuse-tumbleweed": "Tumbleweed"}
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,18 @@ def os_info(fs: RootFS) -> OsInfo:
         distro = f"v{m.group(1)}.{m.group(2)}" if m else ""
     elif os_id in _MAJOR_ONLY:
         distro = version.split(".", 1)[0]
+    elif os_id in _ROLLING:
+        distro = _ROLLING[os_id]
+    elif os_id == "debian" and not version:
+        # testing/sid have no VERSION_ID: the codename ("trixie" keys as Debian:13; "sid" has no
+        # advisories of its own and is reported as uncovered by the matcher, never as clean).
+        distro = fields.get("VERSION_CODENAME", "").lower()
+    elif os_id == "opensuse-leap":
+        distro = f"Leap {version}" if version else ""  # OSV: "openSUSE:Leap 15.5"
+    elif os_id == "sles":
+        # OSV: "SUSE:Linux Enterprise Server 15 SP5" (limit: module ecosystems are not looked up)
+        major, _, sp = version.partition(".")
+        distro = f"Linux Enterprise Server {major}" + (f" SP{sp}" if sp and sp != "0" else "") if version else ""
     return OsInfo(id=os_id, version_id=version, ecosystem=ecosystem, distro=distro, namespace=namespace)
 
 

@@ -6,8 +6,10 @@ and fonts). Each path is looked up in the scope's ownership index (``inventory.S
 What is not: files a process reads and closes (pure Python modules, JavaScript, scripts run by
 an interpreter -- the interpreter's package is active, the script's is not), and a library
 loaded and unloaded between two cycles. A mapping of a file replaced since (" (deleted)": the
-process still runs the old code of an upgraded package) is attributed to the path's current
-owner and listed with its suffix in ``PackageUse.files``.
+process still runs the old code of an upgraded package) is never credited to the path's current
+owner (the new version): the package version the process was credited with before stays active
+(listed with the suffix in ``PackageUse.files``); a process first seen after the upgrade gets
+nothing for that file (limit: the old version is not known then).
 
 Cost: each cycle lists /proc and reads one symlink per known process (its exe: an exec or a
 reused pid shows there); only new processes (and those whose exe changed) have their stat,
@@ -28,6 +30,7 @@ from heron.agent.linux.procfs import ProcessGone, ProcFS, decode
 from heron.schema.events import Package, PackageUse, ProcessRef, process_key
 
 MAPS_MAX_BYTES = 32 << 20
+_DELETED = " (deleted)"
 SAMPLE = 8  # processes and files per PackageUse (the schema allows 64)
 
 
@@ -176,14 +179,28 @@ class ProcessWatcher:
             self._read(pid, old, changed, gone)
 
 
-def owned_files(info: ProcInfo, owner: Callable[[str], Package | None]) -> dict[str, list[str]]:
-    """purl -> the process's files it owns (up to SAMPLE per package)."""
+def owned_files(info: ProcInfo, owner: Callable[[str], Package | None],
+                before: frozenset[str] = frozenset()) -> dict[str, list[str]]:
+    """purl -> the process's files it owns (up to SAMPLE per package).
+
+    A " (deleted)" mapping is the code of a file replaced since the process mapped it: the
+    path's current owner (after an upgrade, the new version) is NOT what runs. It is credited
+    to the package the process was already credited with (``before``) under the same purl
+    without its version -- the old version stays active while the process runs it -- and to
+    nothing when the process was not seen before (the old version is not known).
+    """
     out: dict[str, list[str]] = {}
     for path in info.files:
         pkg = owner(path)
         if pkg is None:
             continue
-        files = out.setdefault(pkg.purl, [])
+        purl = pkg.purl
+        if path.endswith(_DELETED) and purl not in before:
+            unversioned = purl.partition("@")[0] + "@"
+            purl = next((p for p in sorted(before) if p.startswith(unversioned)), "")
+            if not purl:
+                continue
+        files = out.setdefault(purl, [])
         if len(files) < SAMPLE:
             files.append(path)
     return out

@@ -29,6 +29,7 @@ import re
 from heron.agent.packages import DbRead, DictIndex, ScopeEnv, purl
 from heron.agent.packages.rootfs import RootFS
 from heron.schema.events import Package
+from heron.vuln.versions.pep440 import normalize_name  # one PEP 503 rule for inventory and matching
 
 MAX_DISTS = 20_000
 MAX_METADATA_BYTES = 4 << 20
@@ -38,11 +39,6 @@ _PYTHON_EXE = re.compile(r"python\d*(?:\.\d+)*[dmu]?|pypy\d*(?:\.\d+)*")
 _PYTHON_DIR = re.compile(r"python3(?:\.\d+)?")
 _LIB_DIRS = ("/usr/lib", "/usr/local/lib", "/usr/lib64", "/usr/local/lib64")
 _SITE_MARKERS = ("/site-packages/", "/dist-packages/")
-
-
-def normalize_name(name: str) -> str:
-    """PEP 503: lower case, runs of -, _ and . become one -."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def is_python(exe: str) -> bool:

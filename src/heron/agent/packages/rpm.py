@@ -3,8 +3,11 @@
 rpm >= 4.16 keeps its database in SQLite (/var/lib/rpm/rpmdb.sqlite, or
 /usr/lib/sysimage/rpm/rpmdb.sqlite): table ``Packages(hnum, blob)``, one RPM *header* per row.
 The file (and its -wal, so a not yet checkpointed transaction is seen) is copied into a private
-temporary directory and opened there: nothing is written beside the scope's database and a
-hostile container cannot hand SQLite a path of its choosing.
+temporary directory (streamed, at most 256 MiB for both) and opened there, read-only:
+nothing is written beside the scope's database and a hostile container cannot hand SQLite a path
+of its choosing. The schema is the container's too: ``Packages`` must be a real table (a view
+could be an endless recursive query), ``trusted_schema`` is off, a progress handler aborts the
+read after a fixed amount of SQLite work and at most MAX_PACKAGES rows are read.
 
 A header blob (big-endian): ``il`` (entry count), ``dl`` (data length), ``il`` entries of
 (tag, type, offset, count), then ``dl`` bytes of data. Read tags: NAME, VERSION, RELEASE, EPOCH,
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import struct
 import tempfile
 from collections.abc import Iterator
@@ -30,7 +34,11 @@ from heron.agent.packages import DbRead, PathIndex, ScopeEnv, purl
 from heron.schema.events import Package
 
 SQLITE_DIRS = ("/var/lib/rpm", "/usr/lib/sysimage/rpm")
-MAX_DB_BYTES = 1 << 30
+MAX_COPY_BYTES = 256 << 20  # the database and its WAL together (a real rpmdb is tens of MiB)
+MAX_PACKAGES = 200_000  # rows read from Packages: far above any real system
+# SQLite virtual machine steps for the whole read: a real 100 MiB rpmdb takes a few million.
+MAX_VM_STEPS = 200_000_000
+PROGRESS_EVERY = 10_000
 # rpm's own bounds on a header (lib/header.c): at most 0xffff entries and 256 MiB of data.
 MAX_ENTRIES = 0xFFFF
 MAX_DATA = 0x0FFFFFFF
@@ -215,27 +223,64 @@ class RpmReader:
 
     @staticmethod
     def _blobs(env: ScopeEnv, path: str) -> Iterator[bytes]:
-        data = env.fs.read(path, MAX_DB_BYTES)
-        if not data.startswith(b"SQLite format 3\0"):
-            raise sqlite3.DatabaseError("not an SQLite database")
-        try:
-            wal = env.fs.read(path + "-wal", MAX_DB_BYTES)
-        except FileNotFoundError:
-            wal = b""
         with tempfile.TemporaryDirectory(prefix="heron-rpmdb-") as tmp:
             copy = os.path.join(tmp, "rpmdb.sqlite")
-            with open(copy, "wb") as f:
-                f.write(data)
-            if wal:
-                with open(copy + "-wal", "wb") as f:
-                    f.write(wal)
-            del data, wal
-            con = sqlite3.connect(copy)
+            budget = _copy(env, path, copy, MAX_COPY_BYTES)
+            if not _head(copy).startswith(b"SQLite format 3\0"):
+                raise sqlite3.DatabaseError("not an SQLite database")
+            with contextlib.suppress(FileNotFoundError):
+                _copy(env, path + "-wal", copy + "-wal", budget)
+            # The file is the container's: read-only, no schema-defined functions, a work budget.
+            con = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
             try:
-                yield from (bytes(row[0]) for row in con.execute("SELECT blob FROM Packages"))
+                con.execute("PRAGMA trusted_schema=OFF")
+                steps = [0]
+
+                def over_budget() -> int:
+                    steps[0] += 1
+                    return 1 if steps[0] > MAX_VM_STEPS // PROGRESS_EVERY else 0
+
+                con.set_progress_handler(over_budget, PROGRESS_EVERY)
+                kinds = [r[0] for r in con.execute("SELECT type FROM sqlite_master WHERE name = 'Packages'")]
+                if kinds != ["table"]:
+                    raise sqlite3.DatabaseError(f"Packages is {kinds[0] if kinds else 'missing'}, not a table")
+                for rows, (blob,) in enumerate(con.execute("SELECT blob FROM Packages"), 1):
+                    if rows > MAX_PACKAGES:
+                        raise sqlite3.DatabaseError(f"more than {MAX_PACKAGES} rows in Packages")
+                    # a text or integer value is not a header (bytes(n) would allocate n bytes)
+                    yield bytes(blob) if isinstance(blob, (bytes, memoryview)) else b""
+            except sqlite3.OperationalError as e:
+                if "interrupt" in str(e):
+                    raise sqlite3.DatabaseError(f"reading Packages took more than {MAX_VM_STEPS} steps") from e
+                raise
             finally:
                 with contextlib.suppress(sqlite3.Error):
                     con.close()
 
     def confirm_removed(self, env: ScopeEnv, names: set[tuple[str, str]]) -> str:
         return ""
+
+
+def _copy(env: ScopeEnv, path: str, dest: str, budget: int) -> int:
+    """Stream a regular file of the scope to dest, at most budget bytes; the budget left."""
+    fd = env.fs.open(path)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise sqlite3.DatabaseError(f"{path}: not a regular file")
+        with open(dest, "wb") as out:
+            while True:  # the file may grow while we copy: the bound holds anyway
+                chunk = os.read(fd, min(1 << 20, budget + 1))
+                if not chunk:
+                    return budget
+                budget -= len(chunk)
+                if budget < 0:
+                    raise sqlite3.DatabaseError(f"rpm database and its WAL larger than {MAX_COPY_BYTES >> 20} MiB")
+                out.write(chunk)
+    finally:
+        os.close(fd)
+
+
+def _head(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(16)

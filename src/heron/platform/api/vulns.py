@@ -143,6 +143,8 @@ def build_findings(store: PackageStore, db: AdvisoryDB | None, query: FindingQue
         "total": len(findings),
         "advisories": db.counts()["advisories"],
         "stats": {**stats.as_dict(), "seconds": round(time.monotonic() - started, 3)},
+        # ecosystem key -> packages not checked at all: no advisory for that key in the store
+        "uncovered": dict(stats.uncovered),
     }
     return body
 

@@ -42,6 +42,7 @@ from heron.schema.events import Event, PackageActivity
 
 NAME = "package.procfs"
 HOST = "host"
+MAX_REFUSED = 4096  # remembered refused scopes: bounded, a busy host starts containers forever
 
 
 @dataclass
@@ -112,6 +113,8 @@ class PackageMonitor:
             return False
         ok = self.scope_filter(name) and (name == HOST or self.config.containers)
         if not ok:
+            if len(self.refused) >= MAX_REFUSED:  # container ids come and go: forget, re-ask later
+                self.refused.clear()
             self.refused.add(name)
         return ok
 
@@ -254,7 +257,7 @@ class PackageMonitor:
         for info in infos:
             if not info.files:
                 continue
-            st.usage.record(info.ref(cid), owned_files(info, st.scope.owner), ts)
+            st.usage.record(info.ref(cid), owned_files(info, st.scope.owner, st.usage.of(info.key)), ts)
 
     def _activity(self, name: str, st: ScopeState, before: set[str], ts: int, full: bool = False,
                   gone: bool = False) -> PackageActivity:
