@@ -55,7 +55,7 @@ def test_corrupt_baseline_is_said(tmp_path: Path) -> None:
     w = tmp_path / "watched"
     w.mkdir()
     (tmp_path / "state").mkdir()
-    (tmp_path / "state" / "fim-baseline.db").write_bytes(b"garbage" * 1000)
+    (tmp_path / "state" / "fim-cli-baseline.db").write_bytes(b"garbage" * 1000)
     r = fim_scan(tmp_path, w)
     assert r.returncode == 0
     assert "was unreadable" in r.stderr and "starting a new baseline" in r.stderr
@@ -94,3 +94,18 @@ def test_unusable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
     r = subprocess.run([*HERON, "fim", "scan", "--state-dir", str(blocker / "sub"), "--no-default-policy",
                         "--path", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "cannot use state dir" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_cli_keeps_its_own_baseline(tmp_path: Path) -> None:
+    w = tmp_path / "watched"
+    w.mkdir()
+    (w / "f").write_text("x\n")
+    assert fim_scan(tmp_path, w).returncode == 0
+    state = tmp_path / "state"
+    assert (state / "fim-cli-baseline.db").exists() and not (state / "fim-baseline.db").exists()
+    other = tmp_path / "elsewhere" / "b.db"
+    r = fim_scan(tmp_path, w, "--baseline", str(other))
+    assert r.returncode == 0 and other.exists() and "baseline recorded for 2 files" in r.stdout, r.stdout
+    (w / "g").write_text("y\n")
+    r = fim_scan(tmp_path, w, "--baseline", str(other))
+    assert f"create  {w}/g" in r.stdout and not (state / "fim-baseline.db").exists()

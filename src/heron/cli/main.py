@@ -298,6 +298,10 @@ def _scan_line(p: ScanProgress, width: int) -> str:
     return head[:width]
 
 
+# The CLI's own baseline: a scan run by hand must not record, and so silence, what the agent has yet to report.
+CLI_BASELINE = "fim-cli-baseline.db"
+
+
 def cmd_fim_scan(args: argparse.Namespace) -> int:
     import shutil
     import time
@@ -312,7 +316,11 @@ def cmd_fim_scan(args: argparse.Namespace) -> int:
     fc = config.file
     try:
         policy = Policy.from_config(fc)
-        store = BaselineStore.open(config.state_dir)
+        if args.baseline:
+            where = Path(args.baseline)
+            store = BaselineStore.open(str(where.parent), where.name)
+        else:
+            store = BaselineStore.open(config.state_dir, CLI_BASELINE)
     except ValueError as e:
         raise SystemExit(f"heron: {e}") from None
     except OSError as e:
@@ -483,7 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_packages)
 
     fim = sub.add_parser("fim", help="file integrity monitoring").add_subparsers(dest="fim_command", required=True)
-    p = fim.add_parser("scan", help="scan the watched files against the stored baseline (the first scan records it)")
+    p = fim.add_parser("scan", help="scan the watched files against the stored baseline (the first scan records it)",
+                       description="Compare the watched files with a baseline and print the changes. The CLI keeps "
+                       f"its own baseline (STATE_DIR/{CLI_BASELINE}), apart from the running agent's: what it prints "
+                       "is not taken from what the agent reports to the platform. --baseline chooses another file.")
     p.add_argument("--config", help="agent config file (TOML): its [file] policy and state_dir")
     p.add_argument("--state-dir", help="where the baseline is kept (default: the agent's state dir)")
     p.add_argument("--path", dest="watch", action="append", default=[], metavar="PATH",
@@ -491,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-default-policy", action="store_true", help="only the config's and --path watches")
     p.add_argument("--no-throttle", action="store_true", help="ignore the config's scan I/O and CPU budget")
     p.add_argument("--json", action="store_true", help="each change as a JSON line on stdout")
+    p.add_argument("--baseline", metavar="PATH",
+                   help=f"the baseline file (default: STATE_DIR/{CLI_BASELINE}, not the agent's own)")
     p.set_defaults(func=cmd_fim_scan, collector=[], platform=None, enrollment_token_file=None)
     return parser
 

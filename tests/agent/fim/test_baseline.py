@@ -10,7 +10,13 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
+import heron.agent.fim.baseline as bl
+from heron.agent.config import FileWatch
 from heron.agent.fim.baseline import DB_NAME, BaselineStore
+from heron.agent.fim.policy import Policy, Rule
+from heron.agent.fim.scan import scan
 from heron.schema.events import FileMeta
 
 SRC = str(Path(__file__).resolve().parents[3] / "src")
@@ -191,3 +197,37 @@ def test_threads_share_one_store(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / DB_NAME)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
+
+
+def test_an_error_that_is_not_corruption_keeps_the_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = BaselineStore.open(str(tmp_path))
+    s.put(b"/x", meta(), None)
+    s.close()
+    def locked(path: Path) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("database is locked")
+    monkeypatch.setattr(bl, "_connect", locked)
+    with pytest.raises(sqlite3.OperationalError):
+        BaselineStore.open(str(tmp_path))
+    monkeypatch.undo()
+    assert not [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    s = BaselineStore.open(str(tmp_path))
+    assert s.note is None and s.get(b"/x") is not None
+    s.close()
+
+
+def test_a_rebuilt_baseline_reports_rather_than_records_quietly(tmp_path: Path) -> None:
+    watched = tmp_path / "w"
+    watched.mkdir()
+    (watched / "a").write_text("a")
+    state = tmp_path / "state"
+    p = Policy([Rule.from_watch(FileWatch(path=str(watched), name="t"))])
+    s = BaselineStore.open(str(state))
+    assert list(scan(p, s)) == []  # the first scan records quietly
+    s.close()
+    (state / DB_NAME).write_bytes(b"this is not a database" * 200)
+    (watched / "b").write_text("b")  # a change made while the baseline is damaged
+    s = BaselineStore.open(str(state))
+    assert s.note is not None and "reports every file under 1 baselined" in s.note
+    got = {(e.action, e.path) for e in scan(p, s)}
+    s.close()
+    assert ("create", str(watched / "b")) in got and ("create", str(watched / "a")) in got

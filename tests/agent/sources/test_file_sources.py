@@ -10,6 +10,7 @@ own record; the coalescing, rate limit, overflow and race tests set up the burst
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import shutil
 import subprocess
@@ -349,6 +350,8 @@ def test_queue_overflow_triggers_a_rescan_and_nothing_is_lost(mech: str, host: H
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     workdir = fast_workdir
     w = workdir / "watched"
+    (w / "old").mkdir()
+    os.chown(w / "old", NOBODY, NOBODY)
     first = make_source(mech, host, workdir, coalesce_s=0.05)
     first.begin()  # the first scan makes the baseline: later scans report differences
     first.end()
@@ -373,6 +376,8 @@ def test_queue_overflow_triggers_a_rescan_and_nothing_is_lost(mech: str, host: H
             import os
             for i in range({n}):
                 os.close(os.open({str(w)!r} + "/f%05d" % i, os.O_CREAT | os.O_WRONLY, 0o644))
+            os.mkdir({str(w / "d")!r})  # lost in the overflow: the repair must watch it ...
+            os.rename({str(w / "old")!r}, {str(w / "new")!r})  # ... and see the new name
         """)
         gate.set()
         assert r.wait_counter("overflows", 1) >= 1
@@ -386,6 +391,9 @@ def test_queue_overflow_triggers_a_rescan_and_nothing_is_lost(mech: str, host: H
         by_scan = r.changes(lambda e: e.source == "file.scan")
         assert by_scan and all(e.attribution == "unknown" for e in by_scan)
         assert len(r.changes(lambda e: e.action == "create" and "/f" in e.path)) == n, "a file reported twice"
+        run_child(f"open({str(w / 'd' / 'x')!r}, 'w').write('x'); open({str(w / 'new' / 'y')!r}, 'w').write('y')")
+        live = {e.path for e in r.wait(lambda e: e.source != "file.scan" and e.path.endswith(("/x", "/y")), 2)}
+        assert live == {str(w / "d" / "x"), str(w / "new" / "y")}
     finally:
         gate.set()
         r.end()
@@ -637,16 +645,38 @@ def test_another_writer_gets_its_own_record_and_a_listing_takes_the_kernels_writ
     assert c.forced == 1
 
 
-def test_rate_limit_drops_and_folds_counts_into_the_next_record() -> None:
+def test_a_listed_create_takes_only_the_creators_pid() -> None:
+    c = Coalescer(window_s=1, rate_per_min=60)
+    c.add(b"/w/g", "create", 1, 0, pid=0)  # found by listing a new directory
+    c.add(b"/w/g", "modify", 2, 0, pid=9)  # a later writer, not the creator
+    recs = c.due(0, everything=True)
+    assert [(r.path, r.pid, r.actions) for r in recs] == [(b"/w/g", 0, ["create"]), (b"/w/g", 9, ["modify"])]
+
+
+def test_rate_limit_holds_back_and_releases_one_folded_record_when_the_minute_ends() -> None:
     c = Coalescer(window_s=0, rate_per_min=2)
     kept = []
     for i in range(5):
-        c.add(b"/w/hot", ("modify", "attrib"), i, i * MS)  # one kernel event with two actions
+        c.add(b"/w/hot", ("modify", "attrib"), i, i * MS, pid=100 + i)  # one kernel event with two actions
         kept += c.due(i * MS)
     assert len(kept) == 2 and c.rate_limited == 3 and kept[0].actions == ["modify", "attrib"] and kept[0].count == 1
-    c.add(b"/w/hot", "modify", 99, 61_000 * MS)
-    (nxt,) = c.due(61_000 * MS)
-    assert nxt.count == 1 + 3 and nxt.dropped_before == 3
+    assert c.due(59_000 * MS) == [] and len(c) == 1
+    assert c.next_due_in(59_000 * MS) == pytest.approx(1.0)
+    (held,) = c.due(60_000 * MS)  # no further event needed: the minute is over
+    assert held.count == 3 and held.dropped_before == 3 and held.pid == 104 and held.last_ts == 4
+    assert held.actions == ["modify", "attrib"] * 3 and len(c) == 0
+    c.add(b"/w/hot", "modify", 99, 60_001 * MS)
+    (nxt,) = c.due(60_001 * MS)
+    assert nxt.count == 1 and nxt.dropped_before == 0
+
+
+def test_held_back_records_go_out_at_stop() -> None:
+    c = Coalescer(window_s=0, rate_per_min=1)
+    c.add(b"/w/f", "modify", 1, 0, pid=7)
+    c.add(b"/w/f", "attrib", 2, 0, pid=8)
+    assert len(c.due(0)) == 1 and len(c) == 1
+    (held,) = c.due(1, everything=True)
+    assert held.pid == 8 and held.actions == ["attrib"]
 
 
 def test_memory_is_bounded() -> None:
@@ -673,3 +703,37 @@ def test_net_action_precedence() -> None:
     assert net_action(rec("modify", "delete"), True, False) == "delete"
     assert net_action(rec("create", "modify", "delete"), False, False) == "create"
     assert net_action(rec("create", "delete"), True, True) == "modify"  # merged by the kernel, order lost
+
+
+@pytest.mark.privileged
+def test_content_written_through_mmap_with_mtime_restored_is_found_by_the_next_scan(
+        mech: str, host: Host, workdir: Path) -> None:
+    # Only ATTRIB arrives (the mtime put back); the source keeps the old hash but the next scan must re-hash.
+    f = workdir / "watched" / "lib.so"
+    f.write_bytes(b"A" * 8192)
+    first = make_source(mech, host, workdir)
+    first.begin()
+    first.end()
+    st = f.stat()
+    fd = os.open(f, os.O_RDWR)  # opened before the watch, closed after it: no CLOSE_WRITE is seen
+    m = mmap.mmap(fd, 0)
+    r = make_source(mech, host, workdir)
+    try:
+        r.begin()
+        m[100:104] = b"EVIL"
+        m.flush()
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+        for ev in r.wait(lambda e: e.path == str(f), timeout=2):  # fanotify may report nothing at all
+            assert ev.action == "attrib" and ev.sha256 == sha(b"A" * 8192), ev  # the real-time record cannot tell
+        assert mech != "inotify" or r.changes(lambda e: e.path == str(f))
+    finally:
+        r.end()
+        m.close()
+        os.close(fd)
+    third = make_source(mech, host, workdir)
+    try:
+        third.begin()
+        (mod,) = third.wait(lambda e: e.path == str(f) and e.source == "file.scan")
+        assert mod.action == "modify" and mod.sha256 == sha(f.read_bytes()), mod
+    finally:
+        third.end()

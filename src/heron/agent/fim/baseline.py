@@ -12,9 +12,13 @@
 - The store also remembers which scan roots have a complete baseline (``mark_baselined``): a
   root's first scan records quietly, later ones report differences. An emptied directory therefore
   never turns a later scan quiet again.
-- A file SQLite cannot read (corrupt, not a database) is moved aside to
-  ``fim-baseline.db.corrupt-<time>`` and a new baseline is started; ``note`` says so (the caller
-  reports it: a baseline that disappears is itself worth knowing about).
+- A file SQLite reports as corrupt (SQLITE_CORRUPT, SQLITE_NOTADB, a failed quick_check, an unknown
+  schema) is moved aside to ``fim-baseline.db.corrupt-<time>`` and a new baseline is started;
+  ``note`` says so (the caller reports it: a baseline that disappears is itself worth knowing
+  about). Any other SQLite error (locked, disk full, I/O) is raised: the baseline is kept.
+- The baselined roots are also listed in ``fim-baseline.db.roots`` (hex, one a line). A baseline
+  rebuilt after corruption takes its roots from there, so the next scan reports every file as
+  created rather than recording quietly: a damaged baseline never hides changes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from typing import NamedTuple
 from heron.schema.events import FileMeta
 
 DB_NAME = "fim-baseline.db"
+ROOTS_SUFFIX = ".roots"
+_CORRUPT = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 SCHEMA_VERSION = 1
 _I64 = 1 << 63
 _U64 = 1 << 64
@@ -112,20 +118,29 @@ class BaselineStore:
         self._closed = False
 
     @classmethod
-    def open(cls, state_dir: str) -> BaselineStore:
+    def open(cls, state_dir: str, name: str = DB_NAME) -> BaselineStore:
+        """The baseline ``state_dir/name`` (another name: a separate baseline, e.g. the CLI's own)."""
         directory = Path(state_dir)
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = directory / DB_NAME
+        path = directory / name
         try:
             return cls(_connect(path), path)
         except sqlite3.DatabaseError as e:
-            aside = path.with_name(f"{DB_NAME}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            if not _is_corrupt(e):
+                raise  # locked, disk full, I/O: keep the baseline, let the caller retry or fail
+            aside = path.with_name(f"{name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
             for suffix in ("", "-wal", "-shm"):
                 src = Path(f"{path}{suffix}")
                 if src.exists():
                     src.replace(f"{aside}{suffix}")
-            note = f"file baseline {path} was unreadable ({e}); moved to {aside}, starting a new baseline"
-            return cls(_connect(path), path, note)
+            store = cls(_connect(path), path)
+            roots = _read_roots(path)
+            with store._lock, _transaction(store._conn):
+                store._conn.executemany("INSERT OR REPLACE INTO roots VALUES (?, ?)",
+                                        [(r, time.time_ns()) for r in roots])
+            store.note = (f"file baseline {path} was unreadable ({e}); moved to {aside}, starting a new baseline: "
+                          f"the next scan reports every file under {len(roots)} baselined root(s) as created")
+            return store
 
     # -- reads -------------------------------------------------------------------------------
     def entry(self, path: bytes) -> Entry | None:
@@ -209,6 +224,9 @@ class BaselineStore:
     def mark_baselined(self, root: bytes) -> None:
         with self._lock:
             self._conn.execute("INSERT OR REPLACE INTO roots VALUES (?, ?)", (root, time.time_ns()))
+            roots = _read_roots(self.path)
+            if root not in roots:
+                _write_roots(self.path, [*roots, root])
 
     def flush(self) -> None:
         with self._lock:
@@ -244,6 +262,47 @@ class BaselineStore:
         self.close()
 
 
+class _Unreadable(sqlite3.DatabaseError):
+    """A database SQLite opens but that fails our checks: treated as corrupt."""
+
+
+def _is_corrupt(e: sqlite3.DatabaseError) -> bool:
+    if isinstance(e, _Unreadable):
+        return True
+    name = getattr(e, "sqlite_errorname", None) or ""
+    if name:
+        return name in _CORRUPT or name.startswith("SQLITE_CORRUPT")
+    msg = str(e).lower()
+    return "malformed" in msg or "not a database" in msg
+
+
+def _roots_file(path: Path) -> Path:
+    return Path(f"{path}{ROOTS_SUFFIX}")
+
+
+def _read_roots(path: Path) -> list[bytes]:
+    try:
+        lines = _roots_file(path).read_text().split()
+    except OSError:
+        return []
+    out: list[bytes] = []
+    for line in lines:
+        try:
+            out.append(bytes.fromhex(line))
+        except ValueError:
+            continue
+    return out
+
+
+def _write_roots(path: Path, roots: list[bytes]) -> None:
+    target = _roots_file(path)
+    tmp = Path(f"{target}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(r.hex() + "\n" for r in roots))
+    tmp.replace(target)
+
+
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN")
@@ -264,10 +323,10 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=NORMAL")
         ok = conn.execute("PRAGMA quick_check").fetchone()
         if ok is None or ok[0] != "ok":
-            raise sqlite3.DatabaseError(f"quick_check: {ok[0] if ok else 'no answer'}")
+            raise _Unreadable(f"quick_check: {ok[0] if ok else 'no answer'}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version not in (0, SCHEMA_VERSION):
-            raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
+            raise _Unreadable(f"schema version {version}, expected {SCHEMA_VERSION}")
         conn.executescript(_SCHEMA)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except BaseException:

@@ -31,6 +31,9 @@ What it reports (``FileChange`` with source "file.scan", attribution "unknown"):
   nothing: a fresh install or a new watch must not produce one "create" per file. Its totals are
   in ``ScanProgress.baseline_files``.
 - A rule's ``actions`` filter what is reported; the baseline is updated either way.
+- A change is written to the baseline only after it has been handed to the consumer (creates and
+  deletes held for rename pairing are written when settled): a scan that dies or is interrupted
+  loses no report; the next one reports what was not handed over (the last one may come twice).
 Throttled by an ``IoBudget`` (bytes hashed and the thread's CPU); ``stop`` ends the walk early and
 then reports nothing as deleted, since the walk did not finish.
 """
@@ -98,6 +101,7 @@ class _Pending:
     sha256: str | None
     skipped: str | None
     ts: int
+    ctime_ns: int = 0
 
 
 def _fs_error(e: OSError) -> str:
@@ -387,18 +391,18 @@ class _Scanner:
         if res is not None and res.skipped == "vanished":
             return
         meta, sha, skipped, ctime = _state(res, st)
-        self.store.put(path, meta, sha, ctime)
         if self.quiet(path):
+            self.store.put(path, meta, sha, ctime)
             self.p.baseline_files += 1
             return
-        pend = _Pending(path, rule, meta, sha, skipped, self.now_ns())
+        # Reported first, recorded after: a scan that dies in between reports it again next time.
+        pend = _Pending(path, rule, meta, sha, skipped, self.now_ns(), ctime)
         if self.n_pending < PAIR_LIMIT:
             self.creates.setdefault(meta.inode, []).append(pend)
             self.n_pending += 1
         else:
-            ev = self.event("create", path, rule, new=meta, sha256=sha, skipped=skipped, ts=pend.ts)
-            if ev is not None:
-                yield ev
+            yield from _present(self.event("create", path, rule, new=meta, sha256=sha, skipped=skipped, ts=pend.ts))
+            self.store.put(path, meta, sha, ctime)
 
     def gone(self, path: bytes, old: Entry) -> Iterator[FileChange]:
         if self.is_kept(path):
@@ -409,17 +413,16 @@ class _Scanner:
             return
         if _exists_below(self.root, path):
             return  # there after all: created after our listing (the real-time source recorded it)
-        self.store.delete(path)
         if self.quiet(path):
+            self.store.delete(path)
             return
         pend = _Pending(path, rule, old.meta, old.sha256, None, self.now_ns())
         if self.n_pending < PAIR_LIMIT:
             self.deletes.setdefault(old.meta.inode, []).append(pend)
             self.n_pending += 1
         else:
-            ev = self.event("delete", path, rule, old=old.meta, ts=pend.ts)
-            if ev is not None:
-                yield ev
+            yield from _present(self.event("delete", path, rule, old=old.meta, ts=pend.ts))
+            self.store.delete(path)
 
     def compare(self, path: bytes, name: bytes, dir_fd: int | None, st: os.stat_result, rule: Rule,
                 old: Entry) -> Iterator[FileChange]:
@@ -433,12 +436,10 @@ class _Scanner:
                 action = "attrib"
             else:
                 action = None
+            if action is not None and not self.quiet(path):
+                yield from _present(self.event(action, path, rule, old=om, new=meta_of(st)))
             if action is not None or st.st_mtime_ns != om.mtime_ns or st.st_nlink != om.nlink:
                 self.store.put(path, meta_of(st), None, st.st_ctime_ns)
-            if action is not None and not self.quiet(path):
-                ev = self.event(action, path, rule, old=om, new=meta_of(st))
-                if ev is not None:
-                    yield ev
             return
         attr_changed = attr_changed or st.st_nlink != om.nlink
         content_meta = type_changed or st.st_ino != om.inode or st.st_size != om.size or st.st_mtime_ns != om.mtime_ns
@@ -459,18 +460,15 @@ class _Scanner:
             content_changed = sha != old.sha256 or stat.S_IFMT(new.mode) != stat.S_IFMT(om.mode)
         else:
             content_changed = content_meta
-        self.store.put(path, new, sha, ctime)
         if content_changed:
             action = "modify"
         elif attr_changed or content_meta:
             action = "attrib"
         else:
-            return  # only ctime moved (or a first hash): recorded, nothing to report
-        if self.quiet(path):
-            return
-        ev = self.event(action, path, rule, old=om, new=new, sha256=sha, skipped=skipped)
-        if ev is not None:
-            yield ev
+            action = None  # only ctime moved (or a first hash): recorded, nothing to report
+        if action is not None and not self.quiet(path):
+            yield from _present(self.event(action, path, rule, old=om, new=new, sha256=sha, skipped=skipped))
+        self.store.put(path, new, sha, ctime)
 
     # -- renames -----------------------------------------------------------------------------
     def settle(self) -> Iterator[FileChange]:
@@ -490,6 +488,7 @@ class _Scanner:
         moved_dirs = {d.path: c.path for d, c in renames if stat.S_ISDIR(d.meta.mode)}
         for d, c in sorted(renames, key=lambda dc: dc[1].path):
             if _inside_moved_dir(d.path, c.path, moved_dirs):
+                self._record(d, c)
                 continue
             ev = self.event("rename", c.path, c.rule, old=d.meta, new=c.meta, sha256=c.sha256, skipped=c.skipped,
                             old_path=d.path, ts=c.ts)
@@ -497,13 +496,23 @@ class _Scanner:
                 yield from _present(self.event("delete", d.path, d.rule, old=d.meta, ts=d.ts))
                 ev = self.event("create", c.path, c.rule, new=c.meta, sha256=c.sha256, skipped=c.skipped, ts=c.ts)
             yield from _present(ev)
+            self._record(d, c)
         for c in sorted((c for cs in self.creates.values() for c in cs), key=lambda c: c.path):
             yield from _present(self.event("create", c.path, c.rule, new=c.meta, sha256=c.sha256, skipped=c.skipped,
                                            ts=c.ts))
+            self._record(None, c)
         for d in sorted((d for ds in self.deletes.values() for d in ds), key=lambda d: d.path):
             yield from _present(self.event("delete", d.path, d.rule, old=d.meta, ts=d.ts))
+            self._record(d, None)
         self.creates.clear()
         self.deletes.clear()
+
+    def _record(self, gone: _Pending | None, found: _Pending | None) -> None:
+        """Write a reported delete/create to the baseline (only now: see found)."""
+        if gone is not None:
+            self.store.delete(gone.path)
+        if found is not None:
+            self.store.put(found.path, found.meta, found.sha256, found.ctime_ns)
 
     # -- all of it ---------------------------------------------------------------------------
     def run(self) -> Iterator[FileChange]:

@@ -310,7 +310,9 @@ class FileCore:
             if (rec.actions == ["attrib"] and old_entry is not None and old_entry.sha256 is not None
                     and old_entry.meta.inode == st.st_ino and old_entry.meta.size == st.st_size
                     and old_entry.meta.mtime_ns == st.st_mtime_ns):
-                sha = old_entry.sha256  # metadata only: the content is the one the baseline hashed
+                # Metadata only by every sign, but a write through a shared mmap with the mtime put
+                # back also looks like this: keep the hash and make the next scan hash it again.
+                sha, ctime = old_entry.sha256, -1
             else:
                 res = hash_file(path, hash_rule.hash_max_bytes)
                 sha, skipped = res.sha256, res.skipped

@@ -185,9 +185,11 @@ class FanotifyFileSource:
             return None
         return fsid
 
-    def _mark_tree(self, group: fan.Fanotify, root: bytes, recursive: bool) -> list[bytes]:
+    def _mark_tree(self, group: fan.Fanotify, root: bytes, recursive: bool,
+                   known: set[bytes] | None = None, fresh: list[bytes] | None = None) -> list[bytes]:
         """Marks root (and the covered directories below it) and remembers each one's handle: the
-        records then resolve from the cache, also where handles cannot be opened (overlayfs)."""
+        records then resolve from the cache, also where handles cannot be opened (overlayfs).
+        With ``known`` (handles marked before), the directories not among them go to ``fresh``."""
         done: list[bytes] = []
         errors = [0]
         fsid = self._fsid(root)
@@ -201,9 +203,14 @@ class FanotifyFileSource:
             done.append(d)
             if fsid is not None:
                 try:
-                    remember(fan.file_handle(d, fsid), d)
+                    key = fan.file_handle(d, fsid)
                 except OSError:
                     self.core.count("handle_errors")
+                    key = None
+                if key is not None:
+                    remember(key, d)
+                if fresh is not None and known is not None and key not in known:
+                    fresh.append(d)
         self.marked += len(done)
         self.resolver.max_entries = max(self.resolver.max_entries, 2 * self.marked)
         if errors[0]:
@@ -294,6 +301,7 @@ class FanotifyFileSource:
             if mask & fan.FAN_Q_OVERFLOW:
                 core.count("overflows")
                 core.request_rescan()
+                self._repair(mono)
                 continue
             if ev.pid == self.me:
                 own += 1
@@ -372,6 +380,26 @@ class FanotifyFileSource:
         if (is_dir and new is not None and not self.filesystem_marks and core.policy.covers_dir(new)
                 and not (old is not None and core.policy.covers_dir(old))):
             new_dirs.append(new)  # moved in from outside the watched tree: watch it, list it
+
+    def _repair(self, mono: int) -> None:
+        """After a queue overflow: renames and new directories may have been lost. Cached paths and
+        relevance are dropped (handles resolve afresh), the watch plan is walked again (marking is
+        idempotent; each mark's handle is remembered under its current path) and the directories
+        not marked before are listed like any new directory (``close_race``)."""
+        self._relevant.clear()
+        known = set(self.resolver.cache)
+        self.resolver.cache.clear()
+        group = self.group
+        if group is None or self.filesystem_marks:
+            return
+        plan, _ = watch_plan(self.core.policy)
+        before, self.marked = self.marked, 0
+        fresh: list[bytes] = []
+        for root, recursive in plan:
+            self._mark_tree(group, root, recursive, known, fresh)
+        self.marked = max(self.marked, before)  # marks on directories gone since stay until the kernel drops them
+        self.ctx.health.set(f"{self.name}.marks", self.marked)
+        self.core.close_race(fresh, mono)
 
     def _watch_new(self, directories: list[bytes], mono: int) -> None:
         group = self.group

@@ -170,6 +170,7 @@ class InotifyFileSource:
             if m & ino.IN_Q_OVERFLOW:
                 core.count("overflows")
                 core.request_rescan()
+                self._repair(mono)
                 continue
             if m & ino.IN_IGNORED:
                 self.watches.drop(ev.wd)
@@ -238,6 +239,24 @@ class InotifyFileSource:
             self.watches.drop(wd)
             if inotify is not None:
                 inotify.rm_watch(wd)
+
+    def _repair(self, mono: int) -> None:
+        """After a queue overflow: renames and new directories may have been lost. The watch plan is
+        walked again: adding a watch is idempotent and returns the directory's descriptor, so
+        renamed directories get their current path, and new ones are watched and listed
+        (``close_race``)."""
+        inotify = self.inotify
+        if inotify is None:
+            return
+        known = set(self.watches.by_wd)
+        fresh: list[bytes] = []
+        plan, _ = watch_plan(self.core.policy)
+        for root, recursive in plan:
+            for d in self._watch_tree(inotify, root, recursive):
+                if self.watches.by_path.get(d) not in known:
+                    fresh.append(d)
+        self.ctx.health.set(f"{self.name}.marks", len(self.watches))
+        self.core.close_race(fresh, mono)
 
     def _watch_new(self, directories: list[bytes], mono: int) -> None:
         inotify = self.inotify
