@@ -42,7 +42,8 @@ import queue
 import stat
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from heron.agent.config import FileConfig
 from heron.agent.fim.baseline import BaselineStore
@@ -424,3 +425,28 @@ def entry_path(directory: bytes, name: bytes) -> bytes:
     """directory + name, where name b"." or b"" stands for the directory itself."""
     return directory if not name or name == b"." else join(directory, name)
 
+
+READ_BYTES = 256 * 1024
+MAX_READS_PER_CYCLE = 64
+RawEvent = TypeVar("RawEvent")
+
+
+def drain_queue(read: Callable[[int], bytes], parse: Callable[[bytes], tuple[list[RawEvent], int]],
+                handle: Callable[[list[RawEvent], int, int], None], core: FileCore) -> int:
+    """Reads what a notification queue holds (bounded per cycle, so a flood cannot starve the
+    pump) and feeds it to ``handle``; returns how many events were read."""
+    total = 0
+    for _ in range(MAX_READS_PER_CYCLE):
+        buf = read(READ_BYTES)
+        if not buf:
+            break
+        events, bad = parse(buf)
+        if bad:
+            core.count("decode_errors", bad)
+        total += len(events)
+        handle(events, time.time_ns(), time.monotonic_ns())
+        if len(buf) < READ_BYTES // 2:
+            break  # a short read: the queue is empty
+    if total:
+        core.count("received", total)
+    return total

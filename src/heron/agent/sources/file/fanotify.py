@@ -55,15 +55,13 @@ from heron.agent.host import Host
 from heron.agent.linux import fanotify as fan
 from heron.agent.linux.caps import effective_mask
 from heron.agent.sources.base import ProbeResult, SourceContext
-from heron.agent.sources.file.common import FileCore, entry_path, iter_watch_dirs, watch_plan
+from heron.agent.sources.file.common import FileCore, drain_queue, entry_path, iter_watch_dirs, watch_plan
 from heron.schema.events import Process
 
 log = logging.getLogger(__name__)
 
 NAME = "file.fanotify"
 POLL_TIMEOUT_S = 0.25
-READ_BYTES = 256 * 1024
-MAX_READS_PER_CYCLE = 64
 # After a drain, let events gather this long: fewer wake-ups, more merging in the kernel.
 MIN_CYCLE_S = 0.01
 _CAP_DAC_READ_SEARCH = 2
@@ -258,24 +256,10 @@ class FanotifyFileSource:
     # -- the hot path ----------------------------------------------------------------------
     def read_once(self) -> int:
         """Reads what the queue holds (bounded per cycle) and feeds it to the core."""
-        group = self.group
-        if group is None:
+        src = self.group
+        if src is None:
             return 0
-        total = 0
-        for _ in range(MAX_READS_PER_CYCLE):
-            buf = group.read(READ_BYTES)
-            if not buf:
-                break
-            events, bad = fan.parse_events(buf)
-            if bad:
-                self.core.count("decode_errors", bad)
-            total += len(events)
-            self.handle(events, time.time_ns(), time.monotonic_ns())
-            if len(buf) < READ_BYTES // 2:
-                break
-        if total:
-            self.core.count("received", total)
-        return total
+        return drain_queue(src.read, fan.parse_events, self.handle, self.core)
 
     def _dir(self, key: bytes) -> bytes | None:
         return self.resolver.path(key)

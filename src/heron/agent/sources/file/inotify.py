@@ -25,15 +25,13 @@ from typing import ClassVar
 from heron.agent.host import Host
 from heron.agent.linux import inotify as ino
 from heron.agent.sources.base import ProbeResult, SourceContext
-from heron.agent.sources.file.common import FileCore, entry_path, iter_watch_dirs, watch_plan
+from heron.agent.sources.file.common import FileCore, drain_queue, entry_path, iter_watch_dirs, watch_plan
 from heron.schema.events import Process
 
 log = logging.getLogger(__name__)
 
 NAME = "file.inotify"
 POLL_TIMEOUT_S = 0.25
-READ_BYTES = 256 * 1024
-MAX_READS_PER_CYCLE = 64
 MIN_CYCLE_S = 0.01
 MOVE_HOLD_S = 0.02
 
@@ -141,24 +139,11 @@ class InotifyFileSource:
 
     # -- the hot path ----------------------------------------------------------------------
     def read_once(self) -> int:
-        inotify = self.inotify
-        if inotify is None:
+        """Reads what the queue holds (bounded per cycle) and feeds it to the core."""
+        src = self.inotify
+        if src is None:
             return 0
-        total = 0
-        for _ in range(MAX_READS_PER_CYCLE):
-            buf = inotify.read(READ_BYTES)
-            if not buf:
-                break
-            events, bad = ino.parse_events(buf)
-            if bad:
-                self.core.count("decode_errors", bad)
-            total += len(events)
-            self.handle(events, time.time_ns(), time.monotonic_ns())
-            if len(buf) < READ_BYTES // 2:
-                break
-        if total:
-            self.core.count("received", total)
-        return total
+        return drain_queue(src.read, ino.parse_events, self.handle, self.core)
 
     def handle(self, events: list[ino.InotifyEvent], ts: int, mono: int) -> None:
         core = self.core
