@@ -9,8 +9,8 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 apt_pkgs=(clang llvm libbpf-dev bpftool libelf1 python3-venv)
-# The network tests make namespaces with `ip netns`.
-[ "$want_test" = 1 ] && apt_pkgs+=(iproute2)
+# The network tests make namespaces with `ip netns`; the console tests drive Debian's chromium (Playwright).
+[ "$want_test" = 1 ] && apt_pkgs+=(iproute2 chromium)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
