@@ -378,9 +378,12 @@ class FileCore:
             timeout = max(0.05, next_at - time.monotonic()) if interval > 0 else 1.0
             self._rescan.wait(min(timeout, 1.0))
 
-    def _wait_quiet(self, limit_s: float = 10.0) -> None:
+    def _wait_quiet(self, limit_s: float = 120.0) -> None:
         """Before a rescan, let what the kernel already delivered reach the baseline (coalescing
-        window, then the builder): the scan must not report those changes a second time."""
+        window, then the builder): the scan must not report those changes a second time. After an
+        overflow the builder may hold ~16,000 records to stat and hash, which takes many seconds on a
+        loaded host, so the wait is long; only writes that never pause for two minutes cut it short
+        (and may then be reported twice)."""
         deadline = time.monotonic() + limit_s
         self._stop_scan.wait(self.config.coalesce_s + 0.02)
         while time.monotonic() < deadline and not self._stop_scan.is_set():
