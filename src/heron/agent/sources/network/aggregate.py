@@ -35,6 +35,11 @@ def normalize_addr(addr: str | bytes) -> str:
     return str(ip)
 
 
+def endpoint(addr: str, port: int) -> str:
+    """``addr:port``, with IPv6 addresses in brackets."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
 @dataclass(slots=True)
 class SocketSample:
     """One socket as a collector sees it now; counters are totals since the socket was created."""

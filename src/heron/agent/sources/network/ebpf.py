@@ -63,12 +63,12 @@ from heron.agent.ebpf.ringbuf import RingBuffer
 from heron.agent.host import Host
 from heron.agent.linux.dns import DnsParseError, TcpDnsStream, parse_message
 from heron.agent.sources.base import ProbeResult, SourceContext
-from heron.agent.sources.network.aggregate import FlowAggregator, SocketSample
+from heron.agent.sources.network.aggregate import FlowAggregator, SocketSample, endpoint
 from heron.agent.sources.network.dns_track import DnsTracker, NameCache
+from heron.agent.sources.network.listeners import SNAPSHOT_SOURCE
 from heron.schema.events import Event, NetListen, Process, ProcessRef, process_key
 
 NAME = "network.ebpf"
-SNAPSHOT_SOURCE = "network.snapshot"
 POLL_TIMEOUT_S = 0.25
 MIN_BATCH_INTERVAL_S = 0.05  # after a drain, let records accumulate: fewer wake-ups, bigger batches
 STATS_INTERVAL_S = 1.0
@@ -89,10 +89,6 @@ _PROTO = {nb.PROTO_TCP: "tcp", nb.PROTO_UDP: "udp"}
 def boottime_offset_ns() -> int:
     """Wall clock minus CLOCK_BOOTTIME: bpf_ktime_get_boot_ns() + this = wall ns."""
     return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-
-
-def endpoint(addr: str, port: int) -> str:
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 @dataclass(slots=True)

@@ -50,7 +50,7 @@ from heron.agent.linux import sock_diag as sd
 from heron.agent.linux.sock_diag import DumpResult, InetSocket
 from heron.agent.linux.sockets import NetnsRef, NetnsWatch, SocketOwners, netns_of
 from heron.agent.sources.base import ProbeResult, SourceContext
-from heron.agent.sources.network.aggregate import FlowAggregator, SocketSample
+from heron.agent.sources.network.aggregate import FlowAggregator, SocketSample, endpoint
 from heron.agent.sources.network.listeners import Listener, ListenerInventory
 from heron.schema.events import Event, Process
 
@@ -114,10 +114,6 @@ def ephemeral_ports(proc_root: str = "/proc") -> tuple[int, int]:
         return lo, hi
     except (OSError, ValueError):
         return 32768, 60999
-
-
-def endpoint(addr: str, port: int) -> str:
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 class UserModeNetworkSource:
