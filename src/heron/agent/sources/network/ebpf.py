@@ -46,8 +46,8 @@ Options (``ctx.options``): ``config`` (NetworkConfig), ``ring_buffer_bytes`` (po
 
 from __future__ import annotations
 
-import ipaddress
 import os
+import socket
 import struct
 import threading
 import time
@@ -62,6 +62,7 @@ from heron.agent.ebpf.libbpf import available as libbpf_unavailable
 from heron.agent.ebpf.ringbuf import RingBuffer
 from heron.agent.host import Host
 from heron.agent.linux.dns import DnsParseError, TcpDnsStream, parse_message
+from heron.agent.linux.sock_diag import addr_text
 from heron.agent.sources.base import ProbeResult, SourceContext
 from heron.agent.sources.network.aggregate import FlowAggregator, SocketSample, endpoint
 from heron.agent.sources.network.dns_track import DnsTracker, NameCache
@@ -80,7 +81,6 @@ GC_INTERVAL_S = 60.0
 GC_IDLE_S = 120.0
 MAX_BATCH = 8192
 MAX_TCP_DNS_STREAMS = 256  # each holds at most one partial message (64 KiB)
-MAX_ADDR_CACHE = 65_536
 _NS = 1_000_000_000
 DECODE_ERRORS = (struct.error, ValueError, IndexError, TypeError, OverflowError)
 _PROTO = {nb.PROTO_TCP: "tcp", nb.PROTO_UDP: "udp"}
@@ -90,6 +90,12 @@ def boottime_offset_ns() -> int:
     """Wall clock minus CLOCK_BOOTTIME: bpf_ktime_get_boot_ns() + this = wall ns."""
     return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
+
+
+def _addr(raw: bytes) -> str:
+    """The kernel's 16-byte address (IPv4 as v4-mapped IPv6) as text: the same cached
+    conversion sock_diag uses, so both rungs write addresses alike."""
+    return addr_text(socket.AF_INET6, raw)
 
 @dataclass(slots=True)
 class _FlowState:
@@ -166,7 +172,6 @@ class EbpfNetworkSource:
         self._await_owner: dict[int, _FlowState] = {}  # accepted, owner not settled (hold order)
         self._listening: dict[int, _Listening] = {}  # cookie -> listening socket
         self._dns_streams: OrderedDict[tuple[int, int], _DnsStream] = OrderedDict()
-        self._addr_text: dict[bytes, str] = {}
         self._next_id = 1
         self._kernel_stats = [0] * nb.STAT_COUNT
 
@@ -303,7 +308,7 @@ class EbpfNetworkSource:
             elif not udp_listening:
                 continue
             ref = self._ref(s.tgid, s.start_boottime_ns, s.uid)
-            lst = _Listening(ref, _PROTO[s.proto], self._addr(s.laddr), s.lport, now)
+            lst = _Listening(ref, _PROTO[s.proto], _addr(s.laddr), s.lport, now)
             self._listening[s.cookie] = lst
             out.append(NetListen(ts=now, source=SNAPSHOT_SOURCE, process=ref, protocol=lst.protocol, addr=lst.addr,
                                  port=lst.port, state="open", since_ts=now))
@@ -347,17 +352,6 @@ class EbpfNetworkSource:
             self.ctx.emit(out)
         return n
 
-    def _addr(self, raw: bytes) -> str:
-        text = self._addr_text.get(raw)
-        if text is None:
-            ip = ipaddress.IPv6Address(raw)
-            mapped = ip.ipv4_mapped
-            text = str(mapped) if mapped is not None else str(ip)
-            if len(self._addr_text) >= MAX_ADDR_CACHE:
-                self._addr_text.clear()
-            self._addr_text[raw] = text
-        return text
-
     def _key(self, tgid: int, start_boottime_ns: int) -> str:
         return process_key(self.boot_id, tgid, start_boottime_ns * self.clk_tck // _NS)
 
@@ -378,8 +372,8 @@ class EbpfNetworkSource:
         key = rec[16:48]
         sample = SocketSample(
             sock_id=self._next_id, pid=tgid, protocol=_PROTO.get(proto, "tcp"),
-            direction="in" if rflags & nb.R_IN else "out", local_addr=self._addr(laddr), local_port=lport,
-            remote_addr=self._addr(raddr), remote_port=rport, key=self._key(tgid, start) if tgid else "",
+            direction="in" if rflags & nb.R_IN else "out", local_addr=_addr(laddr), local_port=lport,
+            remote_addr=_addr(raddr), remote_port=rport, key=self._key(tgid, start) if tgid else "",
             uid=uid if tgid else -1, seen_ns=ts + self._offset_ns,
         )
         self._next_id += 1
@@ -446,12 +440,12 @@ class EbpfNetworkSource:
          proto) = nb.SOCK_EVENT_FLAT.unpack_from(rec)
         wall = ts + self._offset_ns
         if rflags & nb.R_OPEN:
-            lst = _Listening(self._ref(tgid, start, uid), _PROTO.get(proto, "tcp"), self._addr(addr), port, wall)
+            lst = _Listening(self._ref(tgid, start, uid), _PROTO.get(proto, "tcp"), _addr(addr), port, wall)
             self._listening[cookie] = lst
             state = "open"
         else:
             known = self._listening.pop(cookie, None)
-            lst = known or _Listening(self._ref(tgid, start, uid), _PROTO.get(proto, "tcp"), self._addr(addr), port, 0)
+            lst = known or _Listening(self._ref(tgid, start, uid), _PROTO.get(proto, "tcp"), _addr(addr), port, 0)
             state = "closed"
         out.append(NetListen(ts=wall, source=NAME, process=lst.process, protocol=lst.protocol, addr=lst.addr,
                              port=lst.port, state=state, since_ts=lst.since_ns))
@@ -469,8 +463,8 @@ class EbpfNetworkSource:
         (_kind, rflags, ts, cookie, raddr, rport, proto, start, tgid, uid, _oflags, laddr, lport, length, seq,
          _payload_len, _pad) = nb.DNS_FLAT.unpack_from(rec)
         data = rec[nb.DNS_FLAT.size : nb.DNS_FLAT.size + min(length, nb.DNS_MAX)]
-        client = endpoint(self._addr(laddr), lport)
-        server = endpoint(self._addr(raddr), rport)
+        client = endpoint(_addr(laddr), lport)
+        server = endpoint(_addr(raddr), rport)
         pid = tgid
         key = self._key(tgid, start) if tgid else ""
         wall = ts + self._offset_ns
