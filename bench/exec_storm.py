@@ -32,11 +32,11 @@ from typing import Any
 
 import zstandard
 
+from benchutil import proc_cpu, proc_status, wait_in_file
 from heron.schema.events import encode_events, from_json
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path("/tmp/heron-bench")
-CLK = os.sysconf("SC_CLK_TCK")
 PEERS = ROOT.parent / "shared" / "peers"
 
 
@@ -48,20 +48,6 @@ def build_workload() -> Path:
     return dst
 
 
-def proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def proc_status(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 class AgentRun:
     def __init__(self, mode: str, out: Path, extra_config: str = "") -> None:
         cfg = WORK / f"agent-{mode}.toml"
@@ -71,7 +57,9 @@ class AgentRun:
         self.out = out
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "heron.cli.main", "agent", "--output", f"jsonl:{out}",
-             "--collector", f"process={mode}", "--config", str(cfg)],
+             "--collector", f"process={mode}", "--config", str(cfg),
+             # the process collectors alone, as in docs/benchmarks.md's exec-storm figures
+             "--collector", "network=off", "--collector", "file=off", "--collector", "package=off"],
             stderr=subprocess.PIPE, cwd=ROOT)
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline().decode()
@@ -88,23 +76,6 @@ class AgentRun:
 
     def hwm(self) -> int:
         return proc_status(self.proc.pid, "VmHWM")
-
-    def wait_for_marker(self, marker: str, timeout: float) -> bool:
-        needle = marker.encode()
-        deadline = time.monotonic() + timeout
-        pos = 0
-        while time.monotonic() < deadline:
-            try:
-                with open(self.out, "rb") as f:
-                    f.seek(max(0, pos - len(needle)))
-                    data = f.read()
-                    pos = f.tell()
-            except FileNotFoundError:
-                data = b""
-            if needle in data:
-                return True
-            time.sleep(0.05)
-        return False
 
     def stop(self) -> list[Any]:
         self.proc.send_signal(signal.SIGTERM)
@@ -166,7 +137,7 @@ def bench_mode(binary: Path, mode: str, n: int, pairs: int) -> dict[str, Any]:
             agent = AgentRun(mode, WORK / f"{mode}.jsonl")
             c0 = agent.cpu()
             walls[what] = run_storm(binary, n, tag)
-            agent.wait_for_marker(f"marker-{tag}-{n - 1}\"", 60 if mode != "procfs" else 3)
+            wait_in_file(agent.out, f"marker-{tag}-{n - 1}\"", 60 if mode != "procfs" else 3)
             c1 = agent.cpu()
             hwm.append(agent.hwm())
             events = agent.stop()
@@ -194,7 +165,7 @@ def bench_parallel(binary: Path, mode: str, n: int, parallel: int) -> dict[str, 
     base = run_storm(binary, n, tag + "b", parallel)
     agent = AgentRun(mode, WORK / f"{mode}-par.jsonl")
     wall = run_storm(binary, n, tag, parallel)
-    agent.wait_for_marker(f"marker-{tag}p{parallel - 1}-{n - 1}\"", 60)
+    wait_in_file(agent.out, f"marker-{tag}p{parallel - 1}-{n - 1}\"", 60)
     time.sleep(1.5)
     events = agent.stop()
     got = sum(count_markers(events, f"{tag}p{k}", n)[0] for k in range(parallel))

@@ -42,12 +42,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from benchutil import proc_cpu, proc_status, wait_in_file
 from heron.schema.events import FileChange, from_json
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path("/tmp/heron-bench")
 TREE = WORK / "file-tree"
-CLK = os.sysconf("SC_CLK_TCK")
 PEERS = ROOT.parent / "shared" / "peers"
 OWNER = 65534
 OPS_PER_FILE = 5
@@ -100,20 +100,6 @@ def fresh_tree(subdirs: int) -> None:
         (TREE / f"s{i}").mkdir(parents=True)
 
 
-def proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def proc_hwm(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 class AgentRun:
     def __init__(self, mode: str, coalesce_s: float) -> None:
         state = WORK / f"state-{mode}"
@@ -140,23 +126,6 @@ class AgentRun:
 
     def cpu(self) -> float:
         return proc_cpu(self.proc.pid)
-
-    def wait_for(self, needle: str, timeout: float) -> bool:
-        raw = needle.encode()
-        deadline = time.monotonic() + timeout
-        pos = 0
-        while time.monotonic() < deadline:
-            try:
-                with open(self.out, "rb") as f:
-                    f.seek(max(0, pos - len(raw)))
-                    data = f.read()
-                    pos = f.tell()
-            except FileNotFoundError:
-                data = b""
-            if raw in data:
-                return True
-            time.sleep(0.05)
-        return False
 
     def stop(self) -> list[FileChange]:
         self.proc.send_signal(signal.SIGTERM)
@@ -220,9 +189,9 @@ def bench_mode(binary: Path, mode: str, n: int, pairs: int, subdirs: int) -> dic
             agent = AgentRun(mode, coalesce_s=0)
             c0 = agent.cpu()
             walls[what], pid = run_storm(binary, n, tag, subdirs)
-            seen = agent.wait_for(end_marker(tag), 120)
+            seen = wait_in_file(agent.out, end_marker(tag), 120)
             c1 = agent.cpu()
-            hwm.append(proc_hwm(agent.proc.pid))
+            hwm.append(proc_status(agent.proc.pid, "VmHWM"))
             events = agent.stop()
             if not seen:
                 print(f"warning: {mode}: end marker not seen within 120 s", file=sys.stderr)
@@ -236,7 +205,7 @@ def bench_mode(binary: Path, mode: str, n: int, pairs: int, subdirs: int) -> dic
     agent = AgentRun(mode, coalesce_s=1.0)
     tag = f"{mode}co{uuid.uuid4().hex[:4]}"
     run_storm(binary, n, tag, subdirs)
-    agent.wait_for(end_marker(tag), 120)
+    wait_in_file(agent.out, end_marker(tag), 120)
     coalesced = [e for e in agent.stop() if f"-{tag}-" in e.path]
     return {
         "mode": mode, "n": n, "pairs": pairs, "completeness": min(complete),

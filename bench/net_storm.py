@@ -40,11 +40,11 @@ from typing import Any
 
 import zstandard
 
+from benchutil import proc_cpu
 from heron.schema.events import encode_events, from_json
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path("/tmp/heron-bench")
-CLK = os.sysconf("SC_CLK_TCK")
 PAYLOAD = 100
 LONG_BYTES = 10_000
 
@@ -126,12 +126,6 @@ else:
     c.close()
 print(time.perf_counter() - t0, flush=True)
 """
-
-
-def proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
 
 
 class AgentRun:
