@@ -56,16 +56,8 @@ _SCHEMA = (
 )
 
 
-class Header(msgspec.Struct, frozen=True, omit_defaults=True):
-    """An advisory without its affected list: what a finding shows."""
-
-    id: str
-    modified_ns: int
-    aliases: tuple[str, ...] = ()
-    summary: str = ""
-    published_ns: int = 0
-    withdrawn_ns: int = 0
-    severity: osv.Severity = osv.Severity()
+# An advisory without its affected list (what a finding shows): defined beside the record it heads.
+Header = osv.Header
 
 
 @dataclass
@@ -189,7 +181,7 @@ class AdvisoryDB:
             conn.executemany("DELETE FROM affected WHERE advisory_id = ?", replaced)
             conn.executemany(
                 "INSERT OR REPLACE INTO advisories (id, modified_ns, withdrawn_ns, header) VALUES (?, ?, ?, ?)",
-                [(a.id, a.modified_ns, a.withdrawn_ns, _encode(_header(a)).decode()) for a in fresh])
+                [(a.id, a.modified_ns, a.withdrawn_ns, _encode(Header.of(a)).decode()) for a in fresh])
             conn.executemany(
                 "INSERT INTO affected (advisory_id, eco_key, name, data) VALUES (?, ?, ?, ?)",
                 [(a.id, key, normalize(key.partition(":")[0], aff.name), _encode(aff).decode())
@@ -237,11 +229,6 @@ class AdvisoryDB:
         with self._connect() as conn:
             rows = conn.execute("SELECT eco_key, COUNT(*) FROM affected GROUP BY eco_key ORDER BY eco_key").fetchall()
         return {str(k): int(n) for k, n in rows}
-
-
-def _header(adv: osv.Advisory) -> Header:
-    return Header(id=adv.id, modified_ns=adv.modified_ns, aliases=adv.aliases, summary=adv.summary,
-                  published_ns=adv.published_ns, withdrawn_ns=adv.withdrawn_ns, severity=adv.severity)
 
 
 def _read_inputs(paths: list[Path], stats: ImportStats) -> Iterator[bytes]:

@@ -75,7 +75,9 @@ class Affected(msgspec.Struct, frozen=True, omit_defaults=True):
     severity: Severity | None = None  # package-level severity, when the record gives one
 
 
-class Advisory(msgspec.Struct, frozen=True, omit_defaults=True):
+class Header(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An advisory without its affected list: what a finding shows."""
+
     id: str
     modified_ns: int
     aliases: tuple[str, ...] = ()
@@ -83,6 +85,14 @@ class Advisory(msgspec.Struct, frozen=True, omit_defaults=True):
     published_ns: int = 0
     withdrawn_ns: int = 0
     severity: Severity = Severity()
+
+    @classmethod
+    def of(cls, adv: Header) -> Header:
+        """Just the header fields of an advisory."""
+        return cls(**{name: getattr(adv, name) for name in cls.__struct_fields__})
+
+
+class Advisory(Header, frozen=True, omit_defaults=True):
     affected: tuple[Affected, ...] = ()
 
 

@@ -67,15 +67,7 @@ def process_trees(fs: RootFS, argv: list[str], cwd: str, mapped: list[str]) -> l
         i = path.find("/node_modules/")
         if i >= 0:
             found.append(path[: i + len("/node_modules")])
-    out: list[str] = []
-    for d in found:
-        try:
-            real = fs.resolve(d)
-        except OSError:
-            continue
-        if real not in out:
-            out.append(real)
-    return out
+    return fs.resolve_all(found)
 
 
 def global_trees(fs: RootFS) -> list[str]:

@@ -113,15 +113,7 @@ def process_site_dirs(fs: RootFS, exe: str, argv0: str, cwd: str, mapped: list[s
             if i > 0:
                 found.append(path[: i + len(marker) - 1])
                 break
-    out: list[str] = []
-    for d in found:
-        try:
-            real = fs.resolve(d)
-        except OSError:
-            continue
-        if real not in out:
-            out.append(real)
-    return out
+    return fs.resolve_all(found)
 
 
 class PythonSiteReader:

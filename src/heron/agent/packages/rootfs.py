@@ -149,6 +149,19 @@ class RootFS:
         return "/" + "/".join(done)
 
     # -- opening and reading -------------------------------------------------------------------
+
+    def resolve_all(self, paths: list[str]) -> list[str]:
+        """Each path resolved inside the root, in order, without duplicates; unresolvable ones are left out."""
+        out: list[str] = []
+        for path in paths:
+            try:
+                real = self.resolve(path)
+            except OSError:
+                continue
+            if real not in out:
+                out.append(real)
+        return out
+
     def open(self, path: str, flags: int = os.O_RDONLY) -> int:
         # O_PATH takes no other flags under openat2 (EINVAL); real opens never block or take a tty.
         flags |= os.O_CLOEXEC if flags & os.O_PATH else os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
