@@ -394,7 +394,8 @@ FIELD_DOCS: dict[str, str] = {
     "server": "Resolver the question went to, `addr:port`.",
     "path": "Absolute path of the file (bytes that are not UTF-8 escaped as `\\xNN`, see path_escaped).",
     "path_escaped": "True when the path held bytes that are not UTF-8 and were escaped.",
-    "action": "create, modify, delete, rename or attrib (mode, owner, xattr, times).",
+    "action": "create, modify, delete, rename or attrib (mode, owner, xattr, times); read: an open of a file a "
+              "`read` watch names (fanotify only; credential files in the default policy).",
     "actions": "Every action folded into this record, in order (burst coalescing).",
     "old_path": "The previous path of a renamed file.",
     "is_dir": "True when the path is a directory.",

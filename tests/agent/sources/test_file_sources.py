@@ -737,3 +737,37 @@ def test_content_written_through_mmap_with_mtime_restored_is_found_by_the_next_s
         assert mod.action == "modify" and mod.sha256 == sha(f.read_bytes()), mod
     finally:
         third.end()
+
+
+@pytest.mark.privileged
+def test_fanotify_reports_reads_of_credential_files_with_the_reader(host: Host, workdir: Path) -> None:
+    """A ``read`` watch marks each matching file: opens of it are reported with the reader's pid,
+    repeated opens by one process fold into one record (the kernel merges some itself), other
+    files in the directory stay quiet."""
+    w = workdir / "watched"
+    for name in ("id_test", "id_test.pub", "other"):
+        (w / name).write_text("secret\n")
+        os.chmod(w / name, 0o644)
+    watches = [FileWatch(path=str(w / "id_*"), name="credential-read", actions=["read"], hash=False,
+                         recursive=False, exclude=["*.pub"]),
+               FileWatch(path=str(w), name="dir")]
+    r = make_source("fanotify", host, workdir, watches=watches)
+    try:
+        r.begin()
+        pid = run_child(f"""
+            for _ in range(3):
+                open({str(w / "id_test")!r}).read()
+            open({str(w / "id_test.pub")!r}).read()
+            open({str(w / "other")!r}).read()
+        """)
+        got = r.wait(lambda e: e.action == "read")
+        time.sleep(0.3)
+        reads = r.changes(lambda e: e.action == "read")
+        assert len(reads) == 1, reads
+        ev = got[0]
+        assert ev.path == str(w / "id_test") and ev.rule == "credential-read" and ev.count >= 1
+        assert ev.process is not None and ev.process.pid == pid
+        assert not r.changes(lambda e: e.path.endswith(("other", ".pub")))
+        assert r.counter("read_marks") == 1
+    finally:
+        r.end()

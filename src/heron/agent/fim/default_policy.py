@@ -13,6 +13,9 @@ Choices, and why:
   (.cache, .npm, .cargo, .rustup, .pyenv...) change all day on a working host.
 - Home directories: only ssh keys and config, shell start-up files, user systemd units and
   autostart entries, never the rest of a home.
+- Credential reads: opens of /etc/shadow, /etc/gshadow, ssh host keys and users' private keys
+  (``read``; one mark per file, so other opens in /etc cost nothing). Legitimate readers (sshd,
+  sudo, login, PAM's unix_chkpwd, the ssh client) are told apart by detection rules, not here.
 - Shell history: only its deletion is reported (wiping it is a classic cleanup step; bash
   rewrites it on every logout, so anything else would be noise).
 - Excludes (quiet on a normal host): editor swap and backup files (``*.swp``, ``*~``, ``.#*``),
@@ -103,6 +106,11 @@ def _build() -> list[FileWatch]:
     ]
     watches += [_w(f"/home/*/{name}", "shell-profiles", recursive=False) for name in SHELL_STARTUP]
     watches += [_w(f"/root/{name}", "shell-profiles", recursive=False) for name in SHELL_STARTUP]
+    # Reads of secrets (fanotify only): password hashes, host and user private keys.
+    watches += [_w(p, "credential-read", recursive=False, actions=["read"], hash=False,
+                   exclude=["*.pub"])
+                for p in ("/etc/shadow", "/etc/gshadow", "/etc/ssh/ssh_host_*_key", "/root/.ssh/id_*",
+                          "/home/*/.ssh/id_*")]
     history = [f"{home}/{name}" for home in ("/root", "/home/*") for name in HISTORY[:2]]
     watches += [_w(p, "shell-history", recursive=False, actions=["delete"], hash=False) for p in history]
     return watches

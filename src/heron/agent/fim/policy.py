@@ -10,7 +10,9 @@ What a rule covers, with ``rel`` the path below its root:
 - no glob: the root itself, and everything below it (recursive) or its direct entries only;
 - a glob of N components: paths whose first N components match it, and below them (recursive) or
   their direct entries only. ``/etc/cron*`` (recursive) covers /etc/cron.d and /etc/cron.d/job.
-- ``actions``: an empty list in the config means every action.
+- ``actions``: an empty list in the config means every change action. ``read`` (opening the file)
+  is never implied: a rule asks for it, and such a rule only decides which reads are reported
+  (``read_rules``/``match_read``/``read_paths``), never how changes are hashed or scanned.
 - ``exclude``: shell globs on the full path where ``*`` does cross '/'; a pattern without '/' is
   matched against the last component (``*.swp``, ``known_hosts``); a pattern that matches a
   directory also excludes everything below it.
@@ -27,7 +29,10 @@ per-event cost is the path's depth plus the few rules rooted on it, not the numb
 from __future__ import annotations
 
 import fnmatch
+import glob as globmod
+import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -35,6 +40,8 @@ from heron.agent.config import FileConfig, FileWatch
 from heron.agent.fim.paths import config_path, is_below
 
 ALL_ACTIONS = frozenset({"create", "modify", "delete", "rename", "attrib"})
+READ = "read"  # an open of a sensitive file (fanotify only): credential theft leaves no change
+KNOWN_ACTIONS = ALL_ACTIONS | {READ}
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -123,7 +130,7 @@ class Rule:
         if not watch.path.startswith("/"):
             raise ValueError(f"file watch path {watch.path!r} must be absolute")
         root, glob = split_watch_path(watch.path)
-        unknown = set(watch.actions) - ALL_ACTIONS
+        unknown = set(watch.actions) - KNOWN_ACTIONS
         if unknown:
             raise ValueError(f"file watch {watch.path!r}: unknown actions {', '.join(sorted(unknown))}")
         return cls(name=watch.name or watch.path, root=root, recursive=watch.recursive, glob=glob,
@@ -158,7 +165,11 @@ def _rel(path: bytes, root: bytes) -> bytes:
 
 class Policy:
     def __init__(self, rules: Iterable[Rule]) -> None:
-        self.rules: list[Rule] = list(rules)
+        given = list(rules)
+        # Reads are matched apart: a read-only rule must not become the "covering" rule of a path
+        # whose changes another rule hashes and scans.
+        self.read_rules: list[Rule] = [r for r in given if READ in r.actions]
+        self.rules: list[Rule] = [r for r in given if r.actions - {READ}]
         by_root: dict[bytes, list[Rule]] = {}
         for r in self.rules:
             by_root.setdefault(r.root, []).append(r)
@@ -207,6 +218,30 @@ class Policy:
                 return None
             i = p.rfind(b"/")
             p = p[:i] if i > 0 else b"/"
+
+    def match_read(self, path: bytes) -> Rule | None:
+        """The first rule asking for reads of ``path`` (few rules: a linear walk)."""
+        for r in self.read_rules:
+            if (path == r.root or path.startswith(r.root.rstrip(b"/") + b"/")) \
+                    and r.covers_rel(_rel(path, r.root)) and not r.excluded(path):
+                return r
+        return None
+
+    def read_paths(self) -> list[bytes]:
+        """The existing regular files whose reads are wanted: each gets its own mark (a directory
+        mark would report every open in /etc). Files created later are marked at the next start."""
+        out: dict[bytes, None] = {}
+        for r in self.read_rules:
+            pattern = r.root if r.glob is None else r.root.rstrip(b"/") + b"/" + r.glob.encode()
+            candidates = globmod.glob(pattern) if r.glob is not None else [r.root]
+            for c in candidates:
+                try:
+                    st = os.lstat(c)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and self.match_read(c) is not None:
+                    out[c] = None
+        return list(out)
 
     def covers_dir(self, path: bytes) -> bool:
         """Should the directory ``path`` be watched (and a scan descend into it): can an entry below

@@ -43,13 +43,13 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from heron.agent.config import FileConfig
 from heron.agent.fim.baseline import BaselineStore
 from heron.agent.fim.hashing import IoBudget, hash_file, meta_of
 from heron.agent.fim.paths import display_path, is_below, join, parent_of
-from heron.agent.fim.policy import Policy, Rule
+from heron.agent.fim.policy import READ, Policy, Rule
 from heron.agent.sources.base import SourceContext
 from heron.agent.sources.file.coalesce import Coalescer, Record, net_action
 from heron.schema.events import Event, FileChange, FileMeta, ProcessRef
@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 BUILD_QUEUE_MAX = 200_000  # records waiting for the builder; past it they are dropped and a rescan runs
 SCAN_EMIT_BATCH = 500
 TRANSIENT_SKIPS = ("changed_while_hashing", "busy", "vanished")
+_READS_MAX = 10_000  # (path, reader) pairs held for folding
 RACE_ENTRIES_MAX = 100_000  # entries of new directories fed in per call (a huge moved-in tree: the scan finds the rest)
 
 
@@ -145,6 +146,8 @@ class FileCore:
         self._threads: list[threading.Thread] = []
         self._stop_scan = threading.Event()
         self.counters: dict[str, int] = {}
+        # (path, pid) -> [first_ts, last_ts, count, rule, due mono]: reads folded per reader and window
+        self._reads: dict[tuple[bytes, int], list[Any]] = {}
         for c in ("received", "records", "emitted", "filtered", "rate_limited", "overflows", "rescans"):
             self.ctx.health.add(f"{self.name}.{c}", 0)
 
@@ -201,8 +204,46 @@ class FileCore:
             is_dir: bool = False, old_path: bytes | None = None) -> None:
         self.coalescer.add(path, actions, ts, mono, pid, is_dir, old_path)
 
+    def add_read(self, path: bytes, ts: int, mono: int, pid: int) -> None:
+        """An open of a file a rule asks reads of (no stat, no hash, no baseline: nothing changed).
+        Repeated opens by one process within the coalescing window become one record with a count."""
+        if self.ignored(path):
+            return
+        known = self._reads.get((path, pid))
+        if known is not None:
+            known[1] = ts
+            known[2] += 1
+            return
+        rule = self.policy.match_read(path)
+        if rule is None:
+            self.count("filtered")
+            return
+        if len(self._reads) >= _READS_MAX:  # a read storm: fold what is held now rather than grow
+            self.count("read_flushes")
+            self._flush_reads(mono, everything=True)
+        window = int(self.config.coalesce_s * 1e9)
+        self._reads[(path, pid)] = [ts, ts, 1, rule.name, mono + window]
+
+    def _flush_reads(self, mono: int, everything: bool = False) -> None:
+        out: list[Event] = []
+        for k, (first, last, n, rule, due) in list(self._reads.items()):
+            if not everything and due > mono:
+                continue
+            del self._reads[k]
+            path, pid = k
+            shown, escaped = display_path(path)
+            out.append(FileChange(
+                ts=first, source=self.name, path=shown, path_escaped=escaped, action=READ, actions=[READ],
+                attribution="process" if pid > 0 else "unknown", process=ProcessRef(pid=pid) if pid > 0 else None,
+                rule=rule, count=n, first_ts=first if n > 1 else 0, last_ts=last if n > 1 else 0))
+        if out:
+            self.count("emitted", len(out))
+            self._emit(out)
+
     def pump(self, mono: int, everything: bool = False) -> None:
         """Hand the records whose window is over to the builder."""
+        if self._reads:
+            self._flush_reads(mono, everything)
         co = self.coalescer
         limited = co.rate_limited
         records = co.due(mono, everything)
@@ -219,7 +260,11 @@ class FileCore:
         self._queue.put(records)
 
     def next_due_in(self, mono: int) -> float | None:
-        return self.coalescer.next_due_in(mono)
+        due = self.coalescer.next_due_in(mono)
+        if self._reads:
+            reads = max(0.0, (min(v[4] for v in self._reads.values()) - mono) / 1e9)
+            due = reads if due is None else min(due, reads)
+        return due
 
     def request_rescan(self) -> None:
         self._rescan.set()

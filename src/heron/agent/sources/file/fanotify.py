@@ -71,6 +71,7 @@ _RELEVANCE_MAX = 65_536
 BASE_MASK = (fan.FAN_CREATE | fan.FAN_DELETE | fan.FAN_ATTRIB | fan.FAN_CLOSE_WRITE | fan.FAN_MODIFY
              | fan.FAN_DELETE_SELF | fan.FAN_ONDIR)
 MOVE_MASK = fan.FAN_MOVED_FROM | fan.FAN_MOVED_TO
+FAN_OPEN = 0x20  # on the few files a rule asks reads of (their own inode marks)
 
 
 # Action names of an event's bits, in the order assumed when the kernel merged several (it keeps
@@ -172,6 +173,14 @@ class FanotifyFileSource:
                 continue
             if not self.filesystem_marks:
                 self._mark_tree(group, root, recursive)
+        for path in self.core.policy.read_paths():
+            try:
+                group.mark(path, FAN_OPEN, fan.FAN_MARK_DONT_FOLLOW)
+            except OSError as e:
+                self._mark_failed(path, e)
+                continue
+            self.marked += 1
+            self.core.count("read_marks")
 
     def _fsid(self, path: bytes) -> bytes | None:
         try:
@@ -303,6 +312,10 @@ class FanotifyFileSource:
                 early += 1
                 continue
             path = entry_path(d, ev.name or b"") if ev.dir is not None else d
+            if mask & FAN_OPEN and not is_dir:
+                core.add_read(path, ts, mono, ev.pid)
+                if not mask & ~FAN_OPEN & ~fan.FAN_ONDIR:
+                    continue
             if mask & MOVE_MASK:
                 if mask & fan.FAN_MOVED_TO:
                     src = froms.get(ev.pid)
