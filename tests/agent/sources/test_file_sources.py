@@ -769,5 +769,20 @@ def test_fanotify_reports_reads_of_credential_files_with_the_reader(host: Host, 
         assert ev.process is not None and ev.process.pid == pid
         assert not r.changes(lambda e: e.path.endswith(("other", ".pub")))
         assert r.counter("read_marks") == 1
+        # Replaced by rename (as useradd/passwd replace /etc/shadow) and created anew: still watched.
+        pid2 = run_child(f"""
+            import os
+            open({str(w / "new.tmp")!r}, "w").write("s2")
+            os.rename({str(w / "new.tmp")!r}, {str(w / "id_test")!r})
+            open({str(w / "id_new")!r}, "w").write("s3")
+        """)
+        r.wait(lambda e: e.path == str(w / "id_new") and e.action == "create")
+        pid3 = run_child(f"""
+            open({str(w / "id_test")!r}).read()
+            open({str(w / "id_new")!r}).read()
+        """)
+        later = r.wait(lambda e: e.action == "read" and e.process is not None and e.process.pid == pid3, count=2)
+        assert {e.path for e in later} == {str(w / "id_test"), str(w / "id_new")}
+        assert pid2 != pid3
     finally:
         r.end()

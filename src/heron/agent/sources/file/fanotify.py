@@ -333,6 +333,8 @@ class FanotifyFileSource:
                 acts = _ACTIONS[mask & _ACTION_BITS] = _actions_of(mask & _ACTION_BITS)
             if acts:
                 add(path, acts, ts, mono, ev.pid, is_dir)
+                if "create" in acts and not is_dir:
+                    self._mark_read(path)
             if is_dir and mask & fan.FAN_CREATE and not self.filesystem_marks and core.policy.covers_dir(path):
                 new_dirs.append(path)
             if mask & fan.FAN_DELETE_SELF or (is_dir and mask & fan.FAN_DELETE):
@@ -372,11 +374,26 @@ class FanotifyFileSource:
         want_old = old is not None and core.wanted(old)
         if new is not None and core.wanted(new, old):
             core.add(new, "rename", ts, mono, pid, is_dir, old)
+        if new is not None and not is_dir:
+            self._mark_read(new)
         elif old is not None and want_old:
             core.add(old, "moved_out", ts, mono, pid, is_dir)
         if (is_dir and new is not None and not self.filesystem_marks and core.policy.covers_dir(new)
                 and not (old is not None and core.policy.covers_dir(old))):
             new_dirs.append(new)  # moved in from outside the watched tree: watch it, list it
+
+    def _mark_read(self, path: bytes) -> None:
+        """A file created or renamed onto a read-watched path is a new inode (useradd and passwd
+        replace /etc/shadow by rename): the old inode's mark went with it, so mark the new one."""
+        group = self.group
+        if group is None or not self.core.policy.read_rules or self.core.policy.match_read(path) is None:
+            return
+        try:
+            group.mark(path, FAN_OPEN, fan.FAN_MARK_DONT_FOLLOW)
+        except OSError as e:
+            self._mark_failed(path, e)
+            return
+        self.core.count("read_marks")
 
     def _repair(self, mono: int) -> None:
         """After a queue overflow: renames and new directories may have been lost. Cached paths and
