@@ -2,7 +2,7 @@
 realistic events, Debian's chromium driven by Playwright, and a stdlib PNG decoder for screenshot checks.
 
 Fixtures (import them into a test module by name): ``console`` (a fresh platform per test),
-``chromium`` (one headless browser per module) and ``page`` (a fresh browser context per test, so
+``chromium`` (one headless browser per test session) and ``page`` (a fresh browser context per test, so
 sessionStorage starts empty). Without playwright or chromium the fixtures skip, saying which is missing;
 ``scripts/bootstrap.sh --test`` installs both. Playwright never downloads a browser here: it is pointed at
 the system chromium with ``executable_path``.
@@ -19,15 +19,17 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 import zstandard
 
 from heron.platform.server import ServerHandle, start_in_thread
+from heron.platform.storage.db import Database
 from heron.schema.events import (
     AgentHealth,
+    Ancestor,
     DnsQuery,
     Event,
     FileChange,
@@ -75,6 +77,36 @@ def exec_event(pid: int, exe: str, argv: list[str], ts: int | None = None) -> Pr
     return ProcessExec(ts=ts or time.time_ns(), source="process.ebpf",
                        process=Process(key=_key(pid), pid=pid, exe=exe, argv=argv, uid=0, user="root",
                                        start_ticks=1000 + pid))
+
+
+def shell_from_web_server(now: int) -> list[Event]:
+    """nginx runs ``bash -i`` which connects out: the default rules flag a shell spawned by a server
+    process (and a shell's network connection), so the pipeline raises an alert with a tree and a graph."""
+    s = 10**9
+    nginx = exec_event(800, "/usr/sbin/nginx", ["nginx", "-g", "daemon off;"], ts=now - 30 * s)
+    shell = exec_event(6666, "/usr/bin/bash", ["bash", "-i"], ts=now - 20 * s)
+    shell.process.ppid = 800
+    shell.process.parent_key = _key(800)
+    shell.process.ancestors = [Ancestor(800, _key(800), "/usr/sbin/nginx")]
+    shell.process.user = "www-data"
+    child = exec_event(6667, "/usr/bin/id", ["id"], ts=now - 19 * s)
+    child.process.ppid = 6666
+    child.process.parent_key = _key(6666)
+    child.process.ancestors = [Ancestor(6666, _key(6666), "/usr/bin/bash"), Ancestor(800, _key(800), "/usr/sbin/nginx")]
+    flow = NetFlow(ts=now - 18 * s, source="network.ebpf", process=_ref(6666, "/usr/bin/bash", user="www-data",
+                                                                         uid=33),
+                   direction="out", protocol="tcp", local_addr="10.0.0.5", local_port=0, remote_addr="203.0.113.9",
+                   remote_port=4444, connections=1, bytes_out=300, bytes_in=900)
+    return [nginx, shell, child, flow]
+
+
+HOSTILE_ARGV = ["sh", "-c", "<script>window.__pwned=1</script><img src=x onerror=window.__pwned=2>",
+                "\u202eexe.txt", "A" * 10_000]
+
+
+def hostile_event(now: int) -> ProcessExec:
+    """Markup, an RTL override and a 10k-character argument: all must render as text."""
+    return exec_event(9999, "/tmp/<b>bold</b>", HOSTILE_ARGV, ts=now)
 
 
 def sample_events(now: int) -> list[Event]:
@@ -136,6 +168,33 @@ class Console:
             "Content-Encoding": "zstd"})
         assert r.status_code == 200 and r.json()["accepted"] == len(events), r.text
 
+    @property
+    def db(self) -> Database:
+        db = self.handle.storage.db
+        assert isinstance(db, Database)
+        return db
+
+    def add_user(self, username: str, password: str, role: str) -> None:
+        from heron.platform.auth.passwords import hash_password
+        from heron.platform.auth.store import AuthStore
+
+        AuthStore(self.db).add_user(username, hash_password(password), role, time.time_ns())
+
+    def get(self, path: str, **params: str | int) -> Any:
+        r = self.http.get(path, params=params, headers={"Authorization": f"Bearer {self.admin_token}"})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_for_alert(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The first alert the pipeline raised (after ingesting ``shell_from_web_server``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.get("/api/v1/alerts")["alerts"]
+            if found:
+                return dict(found[-1])
+            assert time.monotonic() < deadline, "no alert raised: is the pipeline wired into ingest?"
+            time.sleep(0.05)
+
     def import_advisories(self, tmp_dir: Path) -> None:
         from vulnfixtures import write_advisories
 
@@ -143,10 +202,31 @@ class Console:
         AdvisoryDB(vulndb_path(self.data_dir)).import_paths([tmp_dir / "osv"])
 
 
+def _wire_pipeline(handle: ServerHandle) -> None:
+    """Fill the stages of the analysis pipeline the app left empty (the rule engine and alert recorder of
+    heron.platform.alerts, the graph builder of heron.platform.graph), so ingested events raise real alerts.
+    A no-op once create_app wires them itself."""
+    from starlette.applications import Starlette
+
+    from heron.platform.api.context import PlatformContext
+    from heron.platform.graph.builder import GraphBuilder
+
+    app = handle.server.config.app
+    assert isinstance(app, Starlette)
+    ctx = app.state.heron
+    assert isinstance(ctx, PlatformContext)
+    pipeline = ctx.pipeline
+    if ctx.alerts is not None:
+        pipeline.rules = pipeline.rules or ctx.alerts.engine
+        pipeline.alerts = pipeline.alerts or ctx.alerts.recorder
+    pipeline.graph = pipeline.graph or GraphBuilder(ctx.config)
+
+
 def start_console(data_dir: Path) -> Iterator[Console]:
     """The platform on 127.0.0.1 (ephemeral port), an agent enrolled as web-1, the sample batch ingested."""
     handle = start_in_thread("127.0.0.1", 0, data_dir)
     try:
+        _wire_pipeline(handle)
         with httpx.Client(base_url=handle.url, timeout=10) as http:
             facts = {"hostname": HOSTNAME, "machine_id": "m" * 32, "boot_id": BOOT_ID, "kernel": "6.18.0",
                      "distro": "debian:12", "arch": "x86_64"}
@@ -167,7 +247,7 @@ def console(tmp_path: Path) -> Iterator[Console]:
 
 # -- the browser ----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def chromium() -> Iterator[Browser]:
     try:
         from playwright.sync_api import sync_playwright
@@ -289,5 +369,6 @@ def ink_rows(image: Image) -> int:
     return rows
 
 
-__all__ = ["Console", "Image", "chromium", "chromium_path", "console", "decode_png", "exec_event", "ink",
-           "ink_rows", "open_console", "page", "sample_events", "start_console"]
+__all__ = ["HOSTILE_ARGV", "Console", "Image", "chromium", "chromium_path", "console", "decode_png", "exec_event",
+           "hostile_event", "ink", "ink_rows", "open_console", "page", "sample_events", "shell_from_web_server",
+           "start_console"]

@@ -25,7 +25,7 @@ def test_up_shows_processes_in_events_and_console(tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "agent.toml"
     cfg.write_text("batch_max_delay_s = 0.2\n[dedupe]\nwindow_s = 0.2\n")
-    up = subprocess.Popen([*HERON, "up", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data"),
+    up = subprocess.Popen([*HERON, "up", "--port", str(port), "--data", str(tmp_path / "data"),
                            "--config", str(cfg)], stderr=subprocess.PIPE, text=True)
     assert up.stderr is not None
     lines: list[str] = []
@@ -56,6 +56,27 @@ def test_up_shows_processes_in_events_and_console(tmp_path: Path) -> None:
 
         page = urllib.request.urlopen(f"{url}/", timeout=5).read().decode()
         assert "<script" in page and "heron" in page.lower()
+        assert (tmp_path / "data" / "platform" / "admin.password").stat().st_mode & 0o777 == 0o600
+        assert f"password in {tmp_path / 'data' / 'platform' / 'admin.password'}" in banner
+
+        # A program run from a temporary directory raises an alert, which `heron alerts --json` (no
+        # --url: the running `heron up` recorded where it is) lists with the fields scripts rely on.
+        dropped = tmp_path / "dropped-tool"
+        dropped.write_bytes(Path("/bin/true").read_bytes())
+        dropped.chmod(0o755)
+        run = subprocess.Popen([str(dropped)])
+        run.wait(10)
+        mine: list[dict[str, object]] = []
+        deadline = time.monotonic() + 20
+        while not mine and time.monotonic() < deadline:
+            out = subprocess.run([*HERON, "alerts", "--json"], capture_output=True, text=True, check=True).stdout
+            mine = [a for a in json.loads(out) if a.get("exe") == str(dropped)]
+            time.sleep(0.3)
+        assert mine, "no alert for the program run from /tmp"
+        alert = mine[0]
+        assert alert["rule"] == "Program run from a temporary directory" and alert["kind"] == "rule"
+        assert alert["severity"] in ("medium", "high", "critical") and alert["pid"] == run.pid
+        assert alert["host"] and isinstance(alert["time"], str) and alert["time"].startswith("20")
     finally:
         up.send_signal(signal.SIGTERM)
         rc = up.wait(30)

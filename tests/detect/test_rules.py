@@ -101,6 +101,10 @@ POSITIVE: dict[str, list[dict[str, Any]]] = {
         change("/etc/shadow"), change("/etc/sudoers.d/99-backdoor", "create"),
         change("/etc/passwd", "modify", writer=None),  # unknown writer (inotify) still counts
     ],
+    "Credential file read by an unexpected program": [
+        change("/etc/shadow", "read", writer="/usr/bin/cat"),
+        change("/root/.ssh/id_ed25519", "read", writer="/usr/bin/python3.11"),
+    ],
     "SSH authorized_keys changed": [change("/root/.ssh/authorized_keys"),
                                     change("/home/alice/.ssh/authorized_keys", "create", writer="/usr/bin/python3.11")],
     "Cron job created or changed": [change("/etc/cron.d/update", "create"),
@@ -137,6 +141,10 @@ POSITIVE: dict[str, list[dict[str, Any]]] = {
 }
 
 BENIGN: list[dict[str, Any]] = [
+    change("/etc/shadow", "read", writer="/usr/sbin/unix_chkpwd"),  # PAM checking a password
+    change("/etc/shadow", "read", writer="/usr/sbin/sshd"),
+    change("/root/.ssh/id_ed25519", "read", writer="/usr/bin/ssh"),
+    change("/etc/shadow", "read", writer="/usr/bin/perl", pm="dpkg"),  # a maintainer script
     exe("/usr/bin/ls", "ls", "-la"),
     exe("/usr/bin/apt-get", "apt-get", "install", "-y", "htop"),  # on the host
     exe("/usr/bin/dpkg", "dpkg", "--unpack", "htop.deb", ancestors=[Ancestor(5, "k-5", "/usr/bin/apt-get")]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import zstandard
 from starlette.testclient import TestClient
 
 from heron.platform.server import Credentials
-from heron.platform.storage.sqlite import SqliteStorage
+from heron.platform.storage.sql import SqlStorage
 from heron.schema.events import (
     AgentHealth,
     Event,
@@ -22,6 +23,8 @@ from heron.schema.events import (
     process_key,
 )
 
+# The PostgreSQL server of the storage tests (conftest.py: pg_url); scripts/ci-postgres.sh sets it up.
+PG_SERVER = os.environ.get("HERON_TEST_PG", "postgresql://root@/postgres?host=/var/run/postgresql")
 BOOT_ID = "0123456789abcdef0123456789abcdef"
 _batch_ids = itertools.count(1)
 
@@ -29,7 +32,7 @@ _batch_ids = itertools.count(1)
 @dataclass
 class Platform:
     client: TestClient
-    storage: SqliteStorage
+    storage: SqlStorage
     creds: Credentials
     data_dir: Path
 

@@ -17,7 +17,7 @@ import zstandard
 
 from heron.cli.main import main
 from heron.platform.packages import PackageStore
-from heron.platform.server import DB_FILE, ServerHandle, open_data_dir, start_in_thread
+from heron.platform.server import ServerHandle, open_data_dir, start_in_thread
 from heron.schema.events import NetListen, PackageActivity, PackageInventory, PackageUse, ProcessRef, encode_events
 from heron.vuln.db import AdvisoryDB, vulndb_path
 from vulnfixtures import EXPECTED, packages, write_advisories
@@ -166,9 +166,9 @@ def test_vulndb_update_takes_the_ecosystems_of_the_inventories(tmp_path: Path, z
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data"
     storage, _ = open_data_dir(data / "platform")
-    storage.close()
-    PackageStore(data / "platform" / DB_FILE).apply("agent-1", [
+    PackageStore(storage.db).apply("agent-1", [
         PackageInventory(ts=time.time_ns(), scope="host", full=True, added=packages())])
+    storage.close()
     assert main(["vulndb", "update", "--mirror", zip_server, "--data-dir", str(data)]) == 1
     captured = capsys.readouterr()
     assert "Debian" in captured.out and "11 added" in captured.out

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from heron.platform.api.vulns import FindingQuery, build_findings
 from heron.platform.packages import PackageStore
-from heron.platform.server import DB_FILE, open_data_dir
+from heron.platform.server import open_data_dir
 from heron.schema.events import NetListen, Package, PackageActivity, PackageInventory, PackageUse, ProcessRef
 from heron.vuln import osv
 from heron.vuln.db import AdvisoryDB
@@ -84,10 +85,10 @@ def test_versions_lists_match_exact_or_equivalent_versions() -> None:
 
 # -- ranking and exposure, through the platform's package store -----------------------------------
 @pytest.fixture
-def store(tmp_path: Path) -> PackageStore:
+def store(tmp_path: Path) -> Iterator[PackageStore]:
     storage, _ = open_data_dir(tmp_path / "platform")
+    yield PackageStore(storage.db)
     storage.close()
-    return PackageStore(tmp_path / "platform" / DB_FILE)
 
 
 def _ref(pid: int) -> ProcessRef:

@@ -25,6 +25,54 @@ DEFAULT_LISTEN = "127.0.0.1:8737"
 DEFAULT_DATA = Path("/var/lib/heron")
 
 
+DATA_DIR_HELP = "data dir holding platform/admin.token (default: the running `heron up`'s, else /var/lib/heron)"
+UP_RECORD = Path("/run/heron/up.json")  # where `heron up` says which platform it runs (URL and data dir)
+
+
+def _write_up_record(url: str, data_dir: Path) -> None:
+    try:
+        UP_RECORD.parent.mkdir(mode=0o755, exist_ok=True)
+        tmp = UP_RECORD.with_name(f".up.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"url": url, "data_dir": str(data_dir.resolve()), "pid": os.getpid()}, f)
+        os.replace(tmp, UP_RECORD)
+    except OSError:
+        pass  # not root: clients then need --url/--data-dir
+
+
+def _remove_up_record() -> None:
+    try:
+        if json.loads(UP_RECORD.read_text()).get("pid") == os.getpid():
+            UP_RECORD.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _client(args: argparse.Namespace) -> tuple[str, str]:
+    """URL and token for a client command: --url, --token/HERON_TOKEN and --data-dir when given; with no
+    --url, the platform a running `heron up` recorded (its URL and data dir), else the defaults."""
+    url, data_dir = args.url, args.data_dir
+    if url is None:
+        record: dict[str, object] = {}
+        try:
+            loaded = json.loads(UP_RECORD.read_text())
+            record = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            pass
+        url = str(record.get("url") or f"http://{DEFAULT_LISTEN}")
+        data_dir = data_dir or record.get("data_dir")
+    data = Path(str(data_dir or DEFAULT_DATA))
+    token = args.token or os.environ.get("HERON_TOKEN", "")
+    if not token:
+        path = data / "platform" / "admin.token"
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            raise SystemExit(f"heron: no token: pass --token, set HERON_TOKEN or create {path}") from None
+    return url, token
+
+
 def _split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
@@ -200,13 +248,18 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 # -- platform ----------------------------------------------------------------------------------
 def cmd_server(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
     from heron.platform.server import serve
+    from heron.platform.storage.db import DatabaseUnavailable
 
     host, port = _split_listen(args.listen)
     try:
-        serve(host, port, Path(args.data_dir))
+        serve(host, port, Path(args.data_dir), database=args.database)
     except OSError as e:
         raise SystemExit(f"heron: cannot serve on {args.listen}: {e.strerror or e}") from None
+    except (DatabaseUnavailable, ValueError, sa.exc.ArgumentError) as e:
+        raise SystemExit(f"heron: database: {e}") from None  # not the URL: it may hold a password
     return 0
 
 
@@ -215,14 +268,21 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     data = Path(args.data_dir)
     host, port = _split_listen(args.listen)
+    if args.port is not None:
+        port = args.port
     try:
         server = start_in_thread(host, port, data / "platform")
     except OSError as e:
         raise SystemExit(f"heron: cannot serve on {args.listen}: {e.strerror or e}") from None
     url = f"http://{host}:{server.port}"
-    admin = (data / "platform" / "admin.token").read_text().strip()
-    print(f"heron {__version__} is up.\n  console: {url}/#token={admin}\n"
-          f"  events:  heron events --url {url} --follow\n  stop:    Ctrl-C", file=sys.stderr, flush=True)
+    password_file = data / "platform" / "admin.password"
+    token_url = f"{url}/#token=" + (data / "platform" / "admin.token").read_text().strip()
+    # Never the password itself: terminals get scrolled back and recorded. The token link is the
+    # local root user's shortcut (the token file is root's too).
+    login = f"\n  log in:  as admin, password in {password_file}" if password_file.exists() else ""
+    print(f"heron {__version__} is up.\n  console: {token_url}{login}\n"
+          f"  events:  heron events --follow\n  alerts:  heron alerts\n  stop:    Ctrl-C", file=sys.stderr, flush=True)
+    _write_up_record(url, data)
     args.platform = url
     args.enrollment_token_file = str(data / "platform" / "enrollment.token")
     args.state_dir = args.state_dir or str(data / "agent")
@@ -230,21 +290,24 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         return run_agent(args)
     finally:
+        _remove_up_record()
         server.stop()
 
 
 def cmd_events(args: argparse.Namespace) -> int:
     from heron.platform.client import events_command
 
-    token = args.token or os.environ.get("HERON_TOKEN", "")
-    if not token:
-        path = Path(args.data_dir) / "platform" / "admin.token"
-        try:
-            token = path.read_text().strip()
-        except OSError:
-            raise SystemExit(f"heron: no token: pass --token, set HERON_TOKEN or create {path}") from None
+    url, token = _client(args)
     filters = {k: v for k, v in {"type": args.type, "host": args.host, "exe": args.exe}.items() if v}
-    return events_command(args.url, token, args.follow, filters, args.json, sys.stdout, limit=args.limit)
+    return events_command(url, token, args.follow, filters, args.json, sys.stdout, limit=args.limit)
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from heron.platform.alerts.cli import alerts_command
+
+    url, token = _client(args)
+    return alerts_command(url, token, as_json=args.json, state=args.state, limit=args.limit,
+                          severity=args.severity, host=args.host)
 
 
 # -- vulnerabilities ---------------------------------------------------------------------------
@@ -263,16 +326,47 @@ def cmd_vulndb_update(args: argparse.Namespace) -> int:
 def cmd_vulns(args: argparse.Namespace) -> int:
     from heron.vuln.commands import vulns_command
 
-    token = args.token or os.environ.get("HERON_TOKEN", "")
-    if not token:
-        path = Path(args.data_dir) / "platform" / "admin.token"
-        try:
-            token = path.read_text().strip()
-        except OSError:
-            raise SystemExit(f"heron: no token: pass --token, set HERON_TOKEN or create {path}") from None
+    url, token = _client(args)
     filters = {k: v for k, v in {"severity": args.severity, "active": args.active,
                                   "recent_days": args.recent_days}.items() if v is not None}
-    return vulns_command(args.url, token, args.json, sys.stdout, host=args.host, limit=args.limit, filters=filters)
+    return vulns_command(url, token, args.json, sys.stdout, host=args.host, limit=args.limit, filters=filters)
+
+
+# -- users and tokens --------------------------------------------------------------------------
+def cmd_user(args: argparse.Namespace) -> int:
+    from heron.platform.auth import cli
+
+    store = cli.open_store(args.data_dir, args.database)
+    try:
+        if args.user_command == "add":
+            return cli.user_add(store, args.name, args.role, args.password_file)
+        if args.user_command == "passwd":
+            return cli.user_passwd(store, args.name, args.password_file)
+        if args.user_command == "disable":
+            return cli.user_disable(store, args.name)
+        return cli.user_list(store, args.json)
+    finally:
+        store.db.close()
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from heron.platform.auth import cli
+
+    store = cli.open_store(args.data_dir, args.database)
+    try:
+        if args.subcommand == "create":
+            return cli.token_create(store, args.name, args.role, args.expires_days)
+        if args.subcommand == "revoke":
+            return cli.token_revoke(store, args.id)
+        return cli.token_list(store, args.json)
+    finally:
+        store.db.close()
+
+
+def _local_db_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", "--data-dir", dest="data_dir", default=str(DEFAULT_DATA), metavar="DIR",
+                   help="the data dir of heron up (platform database in DIR/platform/heron.db)")
+    p.add_argument("--database", metavar="URL", help="the platform's database instead (postgresql://...)")
 
 
 # -- fim -----------------------------------------------------------------------------------------
@@ -438,18 +532,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("server", help="run the platform (ingest, API, console)")
     p.add_argument("--listen", default=DEFAULT_LISTEN)
     p.add_argument("--data-dir", default=str(DEFAULT_DATA / "platform"))
+    p.add_argument("--database", metavar="URL",
+                   help="postgresql://user@host/db (several servers may share it) or a SQLite path; "
+                        "default DATA_DIR/heron.db. Token files stay in --data-dir")
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("up", help="agent + embedded platform + console on this host")
     _agent_args(p)
-    p.add_argument("--listen", default=DEFAULT_LISTEN)
-    p.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    p.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT of the platform and console")
+    p.add_argument("--port", type=int, help="the console/API port (on --listen's address)")
+    p.add_argument("--data", "--data-dir", dest="data_dir", default=str(DEFAULT_DATA),
+                   help="platform database, tokens and agent state")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("events", help="list or follow events from a platform")
-    p.add_argument("--url", default=f"http://{DEFAULT_LISTEN}")
+    p.add_argument("--url", help=f"platform URL (default: the running `heron up`, else http://{DEFAULT_LISTEN})")
     p.add_argument("--token", help="API token (default: HERON_TOKEN or the local admin token)")
-    p.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--follow", "-f", action="store_true")
     p.add_argument("--type", help="process.exec, process.exit, agent.health")
     p.add_argument("--host")
@@ -457,6 +556,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("alerts", help="alerts of a platform (the local one by default)")
+    p.add_argument("--url", "--server", dest="url",
+                   help=f"platform URL (default: the running `heron up`, else http://{DEFAULT_LISTEN})")
+    p.add_argument("--token", help="API token (default: HERON_TOKEN or the local admin token)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--state", help="open, acknowledged, closed (comma-separated; default all)")
+    p.add_argument("--severity", help="info, low, medium, high, critical (comma-separated)")
+    p.add_argument("--host")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="a JSON array of alerts (rule, kind, severity, host, pid, "
+                   "exe, time, time_ns, ...)")
+    p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser("vulndb", help="the local platform's advisory database (OSV)")
     vsub = p.add_subparsers(dest="vulndb_command", required=True)
@@ -473,9 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_vulndb_update)
 
     p = sub.add_parser("vulns", help="vulnerabilities of the inventoried packages, active ones first")
-    p.add_argument("--url", default=f"http://{DEFAULT_LISTEN}")
+    p.add_argument("--url", help=f"platform URL (default: the running `heron up`, else http://{DEFAULT_LISTEN})")
     p.add_argument("--token", help="API token (default: HERON_TOKEN or the local admin token)")
-    p.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--host")
     p.add_argument("--severity", help="critical,high,medium,low,negligible,unknown (comma-separated)")
     p.add_argument("--active", choices=("true", "false"), help="only packages in use (true) or not (false)")
@@ -489,6 +601,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="a JSON array of packages")
     p.add_argument("--container", metavar="ID", help="a running container's packages (id or its prefix)")
     p.set_defaults(func=cmd_packages)
+
+    users = sub.add_parser("user", help="console users of the local platform").add_subparsers(
+        dest="user_command", required=True)
+    p = users.add_parser("add", help="add a console user (password from a prompt or --password-file)")
+    p.add_argument("name")
+    p.add_argument("--role", choices=("admin", "reader"), default="reader")
+    p.add_argument("--password-file", metavar="PATH", help="read the password from the first line of PATH")
+    p = users.add_parser("passwd", help="set a user's password (ends its sessions)")
+    p.add_argument("name")
+    p.add_argument("--password-file", metavar="PATH")
+    p = users.add_parser("list", help="list the console users")
+    p.add_argument("--json", action="store_true")
+    p = users.add_parser("disable", help="disable a user (ends its sessions; the last admin cannot be)")
+    p.add_argument("name")
+    for p in users.choices.values():
+        _local_db_args(p)
+        p.set_defaults(func=cmd_user)
+
+    tokens = sub.add_parser("token", help="API tokens of the local platform").add_subparsers(
+        dest="subcommand", required=True)
+    p = tokens.add_parser("create", help="create an API token and print it (shown only once)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--role", choices=("admin", "reader", "enroll"), required=True)
+    p.add_argument("--expires-days", type=float, metavar="DAYS", help="valid for DAYS (default: until revoked)")
+    p = tokens.add_parser("list", help="list API tokens (never the tokens themselves)")
+    p.add_argument("--json", action="store_true")
+    p = tokens.add_parser("revoke", help="revoke an API token by its id (see heron token list)")
+    p.add_argument("id")
+    for p in tokens.choices.values():
+        _local_db_args(p)
+        p.set_defaults(func=cmd_token)
 
     fim = sub.add_parser("fim", help="file integrity monitoring").add_subparsers(dest="fim_command", required=True)
     p = fim.add_parser("scan", help="scan the watched files against the stored baseline (the first scan records it)",

@@ -16,23 +16,26 @@ inventory, so a retried older "added" cannot revive them.
 - ``net.listen``: open/closed listening sockets per process; a start-up snapshot
   (source ``network.snapshot``) drops what an earlier agent run left open.
 
-Tables live in the platform's database (migration 2); this class opens its own short-lived
-connections to the same file, so it needs a file-backed store.
+Tables live in the platform's database (migration 2), reached through its ``Database`` (SQLite
+or PostgreSQL, one code path).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import logging
-import sqlite3
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
+from heron.platform.storage import schema
+from heron.platform.storage.db import Database
+from heron.platform.storage.sql import database_of
 from heron.schema.events import NetListen, Package, PackageActivity, PackageInventory, ProcessRef
 from heron.vuln.ecosystems import OS_MANAGERS
 
@@ -82,14 +85,6 @@ class Listener:
             return True
 
 
-def store_path(storage: object) -> Path | None:
-    """The database file of a file-backed platform store (SqliteStorage), else None."""
-    path = getattr(storage, "path", None)
-    if not isinstance(path, str) or not path or path == ":memory:":
-        return None
-    return Path(path)
-
-
 def _protected_managers(errors: Sequence[str]) -> set[str] | None:
     """Managers whose packages a complete record must not remove; None means all of them."""
     protected: set[str] = set()
@@ -101,28 +96,18 @@ def _protected_managers(errors: Sequence[str]) -> set[str] | None:
     return protected
 
 
+def _unique(rows: list[dict[str, Any]], *keys: str) -> list[dict[str, Any]]:
+    """One row per conflict key, the last winning: PostgreSQL refuses an upsert that would change
+    one row twice in a command (a record listing a package twice)."""
+    return list({tuple(r[k] for k in keys): r for r in rows}.values())
+
+
 class PackageStore:
-    def __init__(self, db_path: Path | str) -> None:
-        self.path = Path(db_path)
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-        try:
-            yield conn
-        finally:
-            conn.close()
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def _greatest(self, a: Any, b: Any) -> Any:
+        return sa.func.greatest(a, b) if self.db.dialect == "postgresql" else sa.func.max(a, b)
 
     # -- ingest ----------------------------------------------------------------------------------
     def apply(self, agent_id: str, events: Sequence[object]) -> int:
@@ -132,11 +117,12 @@ class PackageStore:
         if not relevant:
             return 0
         relevant.sort(key=lambda e: e.ts)
-        with self._write() as c:
+        ls = schema.listeners
+        with self.db.begin() as c:
             snapshots = [e.ts for e in relevant if isinstance(e, NetListen) and e.source == SNAPSHOT_SOURCE]
             if snapshots:
-                c.execute("DELETE FROM listeners WHERE agent_id = ? AND ts < ?",
-                          (agent_id, min(snapshots) - _SNAPSHOT_SLACK_NS))
+                c.execute(sa.delete(ls).where(ls.c.agent_id == agent_id,
+                                              ls.c.ts < min(snapshots) - _SNAPSHOT_SLACK_NS))
             for event in relevant:
                 if isinstance(event, PackageInventory):
                     self._inventory(c, agent_id, event)
@@ -145,91 +131,116 @@ class PackageStore:
                 elif isinstance(event, NetListen):
                     self._listen(c, agent_id, event)
             newest = max(e.ts for e in relevant)
-            c.execute("DELETE FROM listeners WHERE agent_id = ? AND state = 'closed' AND ts < ?",
-                      (agent_id, newest - _CLOSED_KEEP_NS))
+            c.execute(sa.delete(ls).where(ls.c.agent_id == agent_id, ls.c.state == "closed",
+                                          ls.c.ts < newest - _CLOSED_KEEP_NS))
         return len(relevant)
 
-    def _inventory(self, c: sqlite3.Connection, agent_id: str, ev: PackageInventory) -> None:
-        row = c.execute("SELECT full_ts FROM package_scopes WHERE agent_id = ? AND scope = ?",
-                        (agent_id, ev.scope)).fetchone()
-        if row is not None and ev.ts < row[0]:
+    def _inventory(self, c: Connection, agent_id: str, ev: PackageInventory) -> None:
+        ps, pk = schema.package_scopes, schema.packages
+        full_ts = c.execute(sa.select(ps.c.full_ts).where(ps.c.agent_id == agent_id, ps.c.scope == ev.scope)).scalar()
+        if full_ts is not None and ev.ts < full_ts:
             return  # a complete inventory newer than this record has been applied
-        c.execute(
-            "INSERT INTO package_scopes (agent_id, scope, container_id, distro, full_ts, updated_ts, errors)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id, scope) DO UPDATE SET"
-            " container_id = excluded.container_id, distro = excluded.distro,"
-            " full_ts = MAX(full_ts, excluded.full_ts), updated_ts = MAX(updated_ts, excluded.updated_ts),"
-            " errors = CASE WHEN excluded.updated_ts >= updated_ts THEN excluded.errors ELSE errors END",
-            (agent_id, ev.scope, ev.container_id, ev.distro, ev.ts if ev.full else 0, ev.ts, json.dumps(ev.errors)))
-        upsert = (
-            "INSERT INTO packages (agent_id, scope, purl, location, ecosystem, name, version, data, ts, removed)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id, scope, purl, location) DO UPDATE SET"
-            " ecosystem = excluded.ecosystem, name = excluded.name, version = excluded.version,"
-            " data = excluded.data, ts = excluded.ts, removed = excluded.removed WHERE excluded.ts >= packages.ts")
-        c.executemany(upsert, [(agent_id, ev.scope, p.purl, p.location, p.ecosystem, p.name, p.version,
-                                _encode(p).decode(), ev.ts, 0) for p in ev.added])
-        c.executemany(upsert, [(agent_id, ev.scope, p.purl, p.location, p.ecosystem, p.name, p.version,
-                                _encode(p).decode(), ev.ts, 1) for p in ev.removed])
+        scope = self.db.insert(ps).values(agent_id=agent_id, scope=ev.scope, container_id=ev.container_id,
+                                          distro=ev.distro, full_ts=ev.ts if ev.full else 0, updated_ts=ev.ts,
+                                          errors=json.dumps(ev.errors))
+        x = scope.excluded
+        c.execute(scope.on_conflict_do_update(index_elements=["agent_id", "scope"], set_={
+            "container_id": x.container_id, "distro": x.distro,
+            "full_ts": self._greatest(ps.c.full_ts, x.full_ts),
+            "updated_ts": self._greatest(ps.c.updated_ts, x.updated_ts),
+            "errors": sa.case((x.updated_ts >= ps.c.updated_ts, x.errors), else_=ps.c.errors)}))
+        upsert = self.db.insert(pk)
+        x = upsert.excluded
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["agent_id", "scope", "purl", "location"],
+            set_={"ecosystem": x.ecosystem, "name": x.name, "version": x.version, "data": x.data, "ts": x.ts,
+                  "removed": x.removed},
+            where=x.ts >= pk.c.ts)
+        for removed, listed in ((0, ev.added), (1, ev.removed)):
+            rows = _unique([{"agent_id": agent_id, "scope": ev.scope, "purl": p.purl, "location": p.location,
+                             "ecosystem": p.ecosystem, "name": p.name, "version": p.version,
+                             "data": _encode(p).decode(), "ts": ev.ts, "removed": removed} for p in listed],
+                           "purl", "location")
+            if rows:
+                c.execute(upsert, rows)
         if not ev.full:
             return
         protected = _protected_managers(ev.errors)
         if protected is None:
             return
         # Everything the complete record did not (re)set is gone, but for unreadable databases.
-        stale = c.execute("SELECT purl, location, data FROM packages WHERE agent_id = ? AND scope = ?"
-                          " AND ts < ? AND removed = 0", (agent_id, ev.scope, ev.ts)).fetchall()
-        gone = [(ev.ts, agent_id, ev.scope, purl, location) for purl, location, data in stale
+        stale = c.execute(sa.select(pk.c.purl, pk.c.location, pk.c.data).where(
+            pk.c.agent_id == agent_id, pk.c.scope == ev.scope, pk.c.ts < ev.ts, pk.c.removed == 0)).all()
+        gone = [{"b_purl": purl, "b_location": location} for purl, location, data in stale
                 if _decode_package(data).manager not in protected]
-        c.executemany("UPDATE packages SET removed = 1, ts = ? WHERE agent_id = ? AND scope = ? AND purl = ?"
-                      " AND location = ?", gone)
+        if gone:
+            c.execute(sa.update(pk).where(pk.c.agent_id == agent_id, pk.c.scope == ev.scope,
+                                          pk.c.purl == sa.bindparam("b_purl"),
+                                          pk.c.location == sa.bindparam("b_location"))
+                      .values(removed=1, ts=ev.ts), gone)
         # Tombstones older than a complete inventory can no longer be contradicted by a retry.
-        c.execute("DELETE FROM packages WHERE agent_id = ? AND scope = ? AND removed = 1 AND ts < ?",
-                  (agent_id, ev.scope, ev.ts))
+        c.execute(sa.delete(pk).where(pk.c.agent_id == agent_id, pk.c.scope == ev.scope, pk.c.removed == 1,
+                                      pk.c.ts < ev.ts))
 
-    def _activity(self, c: sqlite3.Connection, agent_id: str, ev: PackageActivity) -> None:
-        c.executemany(
-            "INSERT INTO package_activity (agent_id, scope, purl, active, last_used_ts, ts, processes, files)"
-            " VALUES (?, ?, ?, 1, ?, ?, ?, ?) ON CONFLICT (agent_id, scope, purl) DO UPDATE SET active = 1,"
-            " last_used_ts = MAX(last_used_ts, excluded.last_used_ts), ts = excluded.ts,"
-            " processes = excluded.processes, files = excluded.files WHERE excluded.ts >= package_activity.ts",
-            [(agent_id, ev.scope, use.purl, use.last_used_ts or ev.ts, ev.ts, _encode(use.processes).decode(),
-              json.dumps(use.files)) for use in ev.active])
-        c.executemany(
-            "INSERT INTO package_activity (agent_id, scope, purl, active, last_used_ts, ts)"
-            " VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT (agent_id, scope, purl) DO UPDATE SET active = 0,"
-            " last_used_ts = MAX(last_used_ts, excluded.last_used_ts), ts = excluded.ts"
-            " WHERE excluded.ts >= package_activity.ts",
-            [(agent_id, ev.scope, purl, ev.ts, ev.ts) for purl in ev.inactive])
+    def _activity(self, c: Connection, agent_id: str, ev: PackageActivity) -> None:
+        pa = schema.package_activity
+        upsert = self.db.insert(pa)
+        x = upsert.excluded
+        active = _unique([{"agent_id": agent_id, "scope": ev.scope, "purl": use.purl, "active": 1,
+                           "last_used_ts": use.last_used_ts or ev.ts, "ts": ev.ts,
+                           "processes": _encode(use.processes).decode(), "files": json.dumps(use.files)}
+                          for use in ev.active], "purl")
+        if active:
+            c.execute(upsert.on_conflict_do_update(
+                index_elements=["agent_id", "scope", "purl"],
+                set_={"active": 1, "last_used_ts": self._greatest(pa.c.last_used_ts, x.last_used_ts), "ts": x.ts,
+                      "processes": x.processes, "files": x.files},
+                where=x.ts >= pa.c.ts), active)
+        inactive = _unique([{"agent_id": agent_id, "scope": ev.scope, "purl": purl, "active": 0,
+                             "last_used_ts": ev.ts, "ts": ev.ts} for purl in ev.inactive], "purl")
+        if inactive:
+            c.execute(upsert.on_conflict_do_update(
+                index_elements=["agent_id", "scope", "purl"],
+                set_={"active": 0, "last_used_ts": self._greatest(pa.c.last_used_ts, x.last_used_ts), "ts": x.ts},
+                where=x.ts >= pa.c.ts), inactive)
         if ev.full:
-            c.execute("UPDATE package_activity SET active = 0, last_used_ts = MAX(last_used_ts, ?), ts = ?"
-                      " WHERE agent_id = ? AND scope = ? AND active = 1 AND ts < ?",
-                      (ev.ts, ev.ts, agent_id, ev.scope, ev.ts))
+            c.execute(sa.update(pa).where(pa.c.agent_id == agent_id, pa.c.scope == ev.scope, pa.c.active == 1,
+                                          pa.c.ts < ev.ts)
+                      .values(active=0, last_used_ts=self._greatest(pa.c.last_used_ts, ev.ts), ts=ev.ts))
 
-    def _listen(self, c: sqlite3.Connection, agent_id: str, ev: NetListen) -> None:
+    def _listen(self, c: Connection, agent_id: str, ev: NetListen) -> None:
+        ls = schema.listeners
         p = ev.process
-        c.execute(
-            "INSERT INTO listeners (agent_id, protocol, addr, port, process_key, pid, exe, state, ts)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id, protocol, addr, port, process_key)"
-            " DO UPDATE SET pid = excluded.pid, exe = excluded.exe, state = excluded.state, ts = excluded.ts"
-            " WHERE excluded.ts >= listeners.ts",
-            (agent_id, ev.protocol, ev.addr, ev.port, p.key if p else "", p.pid if p else 0,
-             p.exe if p else "", "closed" if ev.state == "closed" else "open", ev.ts))
+        upsert = self.db.insert(ls).values(
+            agent_id=agent_id, protocol=ev.protocol, addr=ev.addr, port=ev.port, process_key=p.key if p else "",
+            pid=p.pid if p else 0, exe=p.exe if p else "", state="closed" if ev.state == "closed" else "open",
+            ts=ev.ts)
+        x = upsert.excluded
+        c.execute(upsert.on_conflict_do_update(
+            index_elements=["agent_id", "protocol", "addr", "port", "process_key"],
+            set_={"pid": x.pid, "exe": x.exe, "state": x.state, "ts": x.ts}, where=x.ts >= ls.c.ts))
 
     # -- queries ---------------------------------------------------------------------------------
     def installed(self, hostname: str | None = None, agent_id: str | None = None) -> list[InstalledPackage]:
         """Installed packages (not removed) with their activity, optionally of one host/agent."""
-        sql = (
-            "SELECT p.agent_id, COALESCE(g.hostname, ''), p.scope, s.container_id, p.data,"
-            " COALESCE(a.active, 0), COALESCE(a.last_used_ts, 0), COALESCE(a.processes, '[]'),"
-            " COALESCE(a.files, '[]') FROM packages p"
-            " LEFT JOIN agents g ON g.agent_id = p.agent_id"
-            " LEFT JOIN package_scopes s ON s.agent_id = p.agent_id AND s.scope = p.scope"
-            " LEFT JOIN package_activity a ON a.agent_id = p.agent_id AND a.scope = p.scope AND a.purl = p.purl"
-            " WHERE p.removed = 0 AND (? IS NULL OR g.hostname = ?) AND (? IS NULL OR p.agent_id = ?)"
-            " ORDER BY g.hostname, p.scope, p.name")
-        params = (hostname or None, hostname, agent_id or None, agent_id)
-        with self._connect() as conn:
-            rows = conn.execute(sql, params).fetchall()
+        p, g, s, a = schema.packages, schema.agents, schema.package_scopes, schema.package_activity
+        coalesce = sa.func.coalesce
+        stmt = (
+            sa.select(p.c.agent_id, coalesce(g.c.hostname, ""), p.c.scope, s.c.container_id, p.c.data,
+                      coalesce(a.c.active, 0), coalesce(a.c.last_used_ts, 0), coalesce(a.c.processes, "[]"),
+                      coalesce(a.c.files, "[]"))
+            .select_from(p.outerjoin(g, g.c.agent_id == p.c.agent_id)
+                         .outerjoin(s, sa.and_(s.c.agent_id == p.c.agent_id, s.c.scope == p.c.scope))
+                         .outerjoin(a, sa.and_(a.c.agent_id == p.c.agent_id, a.c.scope == p.c.scope,
+                                               a.c.purl == p.c.purl)))
+            .where(p.c.removed == 0)
+            .order_by(g.c.hostname, p.c.scope, p.c.name))
+        if hostname:
+            stmt = stmt.where(g.c.hostname == hostname)
+        if agent_id:
+            stmt = stmt.where(p.c.agent_id == agent_id)
+        with self.db.read() as conn:
+            rows = conn.execute(stmt).all()
         return [InstalledPackage(agent_id=str(a), hostname=str(h), scope=str(s), container_id=cid,
                                  package=_decode_package(data), active=bool(active), last_used_ts=int(last),
                                  processes=tuple(_decode_refs(procs)), files=tuple(json.loads(files)))
@@ -237,17 +248,19 @@ class PackageStore:
 
     def listeners(self, agent_ids: Collection[str] | None = None) -> list[Listener]:
         """Open listening sockets."""
-        with self._connect() as conn:
-            rows = conn.execute("SELECT agent_id, protocol, addr, port, process_key, pid, exe FROM listeners"
-                                " WHERE state = 'open'").fetchall()
+        ls = schema.listeners
+        with self.db.read() as conn:
+            rows = conn.execute(sa.select(ls.c.agent_id, ls.c.protocol, ls.c.addr, ls.c.port, ls.c.process_key,
+                                          ls.c.pid, ls.c.exe).where(ls.c.state == "open")).all()
         wanted = set(agent_ids) if agent_ids is not None else None
         return [Listener(str(a), str(pr), str(ad), int(po), str(k), int(pid), str(exe))
                 for a, pr, ad, po, k, pid, exe in rows if wanted is None or a in wanted]
 
     def ecosystems(self) -> list[tuple[str, str, str]]:
         """Distinct (ecosystem, distro, manager) of installed packages (for ``heron vulndb update``)."""
-        with self._connect() as conn:
-            rows = conn.execute("SELECT DISTINCT data FROM packages WHERE removed = 0").fetchall()
+        pk = schema.packages
+        with self.db.read() as conn:
+            rows = conn.execute(sa.select(pk.c.data).distinct().where(pk.c.removed == 0)).all()
         seen = {(p.ecosystem, p.distro, p.manager) for p in (_decode_package(r[0]) for r in rows)}
         return sorted(seen)
 
@@ -257,17 +270,17 @@ overflow_batches = 0
 
 
 def ingest(storage: object, agent_id: str, events: Sequence[object]) -> int:
-    """The ingest hook: fold one batch's package and listener events into the store of
-    ``storage`` (a no-op for a store without a file). An integer SQLite cannot hold rolls the
-    update back (counted in ``overflow_batches`` and logged); the batch is then refused by the
-    event store for the same reason."""
+    """The ingest hook: fold one batch's package and listener events into the database of
+    ``storage`` (a no-op for a store without one). An integer the database cannot hold (64-bit)
+    rolls the update back (counted in ``overflow_batches`` and logged); the batch is then refused
+    by the event store for the same reason."""
     global overflow_batches
-    path = store_path(storage)
-    if path is None:
+    db = database_of(storage)
+    if db is None:
         return 0
     try:
-        return PackageStore(path).apply(agent_id, events)
-    except OverflowError as e:
+        return PackageStore(db).apply(agent_id, events)
+    except (OverflowError, sa.exc.DataError) as e:
         overflow_batches += 1
         log.warning("packages: batch of agent %s not applied (%s); %d such batches", agent_id, e, overflow_batches)
         return 0

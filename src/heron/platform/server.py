@@ -1,12 +1,14 @@
 """Run the platform: ``serve`` (blocking, for ``heron server``) or ``start_in_thread`` (``heron up``
 and tests).
 
-On first start the data directory (0700) gets the SQLite database, an admin token and an
-enrolment token (files 0600, each logged once when created); later starts reuse them.
+On first start the data directory (0700) gets the SQLite database, an admin token, an enrolment
+token and the console user ``admin`` whose password is in ``admin.password`` (files 0600, each
+logged once, by path, when created); later starts reuse them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -22,8 +24,10 @@ import uvicorn
 from heron.platform.api.app import create_app
 from heron.platform.api.auth import hash_token, new_token
 from heron.platform.api.context import PlatformConfig
+from heron.platform.auth.bootstrap import ensure_admin_user
 from heron.platform.storage.base import Storage, TokenKind
-from heron.platform.storage.sqlite import SqliteStorage
+from heron.platform.storage.db import Database
+from heron.platform.storage.sql import SqlStorage
 
 log = logging.getLogger("heron.platform")
 
@@ -70,16 +74,21 @@ def ensure_token(storage: Storage, path: Path, kind: TokenKind) -> str:
     return token
 
 
-def open_data_dir(data_dir: Path) -> tuple[SqliteStorage, Credentials]:
+def open_data_dir(data_dir: Path, database: str | None = None) -> tuple[SqlStorage, Credentials]:
+    """Open (and migrate) the platform's database: ``database`` (a postgresql:// URL or a SQLite
+    path), by default ``data_dir/heron.db``. The token files always live in ``data_dir``."""
     if not data_dir.exists():
         data_dir.mkdir(parents=True, mode=0o700)
         os.chmod(data_dir, 0o700)  # mkdir's mode is filtered by the umask
-    storage = SqliteStorage(data_dir / DB_FILE)
+    storage = SqlStorage.open(database or str(data_dir / DB_FILE))
     try:
         creds = Credentials(
             admin_token=ensure_token(storage, data_dir / ADMIN_TOKEN_FILE, "admin"),
             enrollment_token=ensure_token(storage, data_dir / ENROLLMENT_TOKEN_FILE, "enroll"),
         )
+        db = getattr(storage, "db", None)  # the SQLAlchemy storage keeps console users
+        if isinstance(db, Database):
+            ensure_admin_user(db, data_dir)
     except BaseException:
         storage.close()
         raise
@@ -110,7 +119,7 @@ DEFAULT_DATA_DIR = Path("/var/lib/heron/platform")
 
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, data_dir: Path = DEFAULT_DATA_DIR,
-          *, config: PlatformConfig | None = None, log_level: str = "info") -> None:
+          *, config: PlatformConfig | None = None, log_level: str = "info", database: str | None = None) -> None:
     """Run the platform in the foreground until SIGINT/SIGTERM, then shut down cleanly and return.
 
     uvicorn serves from a thread and this thread waits for the signal: uvicorn's own handlers
@@ -120,7 +129,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, data_dir: Path = D
     # Handlers first: a signal that arrives while the server starts must stop it cleanly too.
     if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
         previous = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    handle = start_in_thread(host, port, Path(data_dir), config=config, log_level=log_level)
+    handle = start_in_thread(host, port, Path(data_dir), config=config, log_level=log_level, database=database)
     print(f"heron platform on {handle.url} (data in {data_dir})", file=sys.stderr, flush=True)
     try:
         while not done.is_set() and handle.thread.is_alive():
@@ -135,7 +144,7 @@ class ServerHandle:
     """A platform serving from a background thread; ``stop()`` shuts it down and closes storage."""
 
     def __init__(self, server: uvicorn.Server, thread: threading.Thread, sock: socket.socket,
-                 storage: SqliteStorage, credentials: Credentials, host: str) -> None:
+                 storage: SqlStorage, credentials: Credentials, host: str) -> None:
         self.server = server
         self.thread = thread
         self.storage = storage
@@ -165,10 +174,12 @@ class ServerHandle:
 
 def start_in_thread(host: str = DEFAULT_HOST, port: int = 0, data_dir: Path = DEFAULT_DATA_DIR,
                     *, config: PlatformConfig | None = None, log_level: str = "warning",
-                    timeout: float = 10.0) -> ServerHandle:
+                    timeout: float = 10.0, database: str | None = None) -> ServerHandle:
     """Start the platform in a daemon thread and return once it accepts connections.
-    With ``port=0`` the kernel picks a free port: read it from ``handle.port``."""
-    storage, creds = open_data_dir(Path(data_dir))
+    With ``port=0`` the kernel picks a free port: read it from ``handle.port``. ``database``: see
+    ``open_data_dir``."""
+    storage, creds = open_data_dir(Path(data_dir), database)
+    config = dataclasses.replace(config or PlatformConfig(), data_dir=Path(data_dir))
     try:
         sock = _bind(host, port)
     except BaseException:

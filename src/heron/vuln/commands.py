@@ -94,11 +94,16 @@ def inventory_ecosystems(data_dir: Path | str) -> list[str]:
     platform has inventoried."""
     from heron.platform.packages import PackageStore
     from heron.platform.server import DB_FILE
+    from heron.platform.storage.db import Database
 
     db_file = platform_dir(data_dir) / DB_FILE
     if not db_file.exists():
         return []
-    return sorted({eco for eco, _, _ in PackageStore(db_file).ecosystems()})
+    db = Database(str(db_file))
+    try:
+        return sorted({eco for eco, _, _ in PackageStore(db).ecosystems()})
+    finally:
+        db.close()
 
 
 def update_command(ecosystems: Sequence[str], data_dir: Path | str, base_url: str = OSV_BASE_URL,

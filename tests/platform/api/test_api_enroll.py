@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from platform_helpers import EnrolledAgent, Platform, enroll, host_facts
 
 from heron.platform.api.auth import hash_token
+from heron.platform.storage import schema
+
+BOTH_BACKENDS = True  # the platform fixture's tests run on SQLite and PostgreSQL (conftest.py)
 
 
 def test_enroll_returns_agent_id_and_working_token(platform: Platform) -> None:
@@ -20,7 +25,10 @@ def test_enroll_returns_agent_id_and_working_token(platform: Platform) -> None:
     assert (stored.hostname, stored.name, stored.version) == ("db-1", "db-1", "0.1.0")
     assert json.loads(stored.host)["distro"] == "debian:12"
     # Only the hash is stored, never the token.
-    assert agent.token not in (platform.data_dir / "heron.db").read_bytes().decode("latin-1")
+    if platform.storage.db.path:  # SQLite: not anywhere in the file
+        assert agent.token not in Path(platform.storage.db.path).read_bytes().decode("latin-1")
+    with platform.storage.db.read() as conn:
+        assert agent.token not in str(conn.execute(sa.select(schema.tokens)).all())
 
 
 def test_enroll_with_name_and_admin_token(platform: Platform) -> None:

@@ -25,6 +25,12 @@ from heron.platform.api.ingest import decompress_capped
 from heron.platform.storage.base import EventQuery
 from heron.schema.events import encode_events
 
+# These run on SQLite and PostgreSQL (conftest.py); the others refuse input before storage is involved.
+BOTH_BACKENDS = {"test_real_batch_is_stored_with_indexed_columns", "test_duplicate_batch_is_stored_once",
+                 "test_duplicate_insert_is_atomic_in_storage", "test_health_event_updates_agent",
+                 "test_hostile_strings_are_stored_verbatim", "test_one_invalid_event_rejects_the_whole_batch",
+                 "test_unknown_and_revoked_tokens_get_401"}
+
 BOMB_SIZE = 17 << 20  # just over the 16 MiB cap
 
 

@@ -6,12 +6,13 @@ import asyncio
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import msgspec
 import pytest
+import sqlalchemy as sa
 import zstandard
 from platform_helpers import (
     EnrolledAgent,
@@ -23,15 +24,20 @@ from platform_helpers import (
     exit_event,
     new_batch_id,
 )
+from sqlalchemy.engine import Connection
 from starlette.testclient import TestClient
 
 from heron.platform.api.app import create_app
 from heron.platform.api.context import PlatformConfig
 from heron.platform.api.ingest import declared_length
 from heron.platform.server import open_data_dir
+from heron.platform.storage import schema
 from heron.platform.storage.base import EventRow, IngestResult
-from heron.platform.storage.sqlite import SqliteStorage
+from heron.platform.storage.db import Database
+from heron.platform.storage.sql import SqlStorage
 from heron.schema.events import Process, ProcessExec, encode_events
+
+BOTH_BACKENDS = True  # the platform fixture's tests run on SQLite and PostgreSQL (conftest.py)
 
 
 def _headers(agent: EnrolledAgent) -> dict[str, str]:
@@ -102,26 +108,27 @@ def test_integers_beyond_int64_get_400_and_store_nothing(platform: Platform, age
     assert r.status_code == 400 and "out of range" in r.json()["error"]
     assert platform.storage.count_events() == 0
     # The batch id was rolled back with its events: a corrected retry is not a "duplicate".
-    assert not platform.storage._read("SELECT 1 FROM batches")
+    with platform.storage.db.read() as conn:
+        assert conn.execute(sa.select(schema.batches)).first() is None
 
 
-class _SlowStorage(SqliteStorage):
+class _SlowStorage(SqlStorage):
     """The real store, holding each batch a while and recording how many are stored at once."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path)
+        super().__init__(Database(str(path)))
         self.active = 0
         self.peak = 0
         self._count_lock = threading.Lock()
 
     def ingest_batch(self, agent_id: str, batch_id: str, events: list[EventRow], last_health: bytes | None,
-                     now: int) -> IngestResult:
+                     now: int, *, analyse: Callable[[Connection], None] | None = None) -> IngestResult:
         with self._count_lock:
             self.active += 1
             self.peak = max(self.peak, self.active)
         try:
             time.sleep(0.1)
-            return super().ingest_batch(agent_id, batch_id, events, last_health, now)
+            return super().ingest_batch(agent_id, batch_id, events, last_health, now, analyse=analyse)
         finally:
             with self._count_lock:
                 self.active -= 1

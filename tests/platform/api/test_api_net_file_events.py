@@ -8,6 +8,8 @@ from platform_helpers import EnrolledAgent, Platform, batch_body, exec_event, in
 
 from heron.schema.events import Event, FileChange, NetFlow, NetListen, ProcessRef
 
+BOTH_BACKENDS = True  # the platform fixture's tests run on SQLite and PostgreSQL (conftest.py)
+
 CID = "c" * 64
 
 

@@ -13,6 +13,8 @@ from heron.schema.events import NetListen, Package, PackageActivity, PackageInve
 from heron.vuln.db import AdvisoryDB, vulndb_path
 from vulnfixtures import EXPECTED, packages, write_advisories
 
+BOTH_BACKENDS = True  # the platform fixture's tests run on SQLite and PostgreSQL (conftest.py)
+
 DAY = 86_400 * 10**9
 
 
@@ -153,30 +155,6 @@ def test_out_of_range_timestamp_changes_nothing(platform: Platform, agent: Enrol
     assert status == 400 and "out of range" in str(body["error"])
     r = platform.client.get("/api/v1/packages", headers=platform.admin)
     assert r.json()["total"] == 0
-
-
-def test_migration_upgrades_a_version_1_database(tmp_path: Any) -> None:
-    import sqlite3
-
-    from heron.platform.packages import PackageStore
-    from heron.platform.storage import migrations
-    from heron.platform.storage.sqlite import SqliteStorage
-
-    path = tmp_path / "old.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    original = migrations.MIGRATIONS
-    try:
-        migrations.MIGRATIONS = original[:1]  # type: ignore[misc]
-        assert migrations.migrate(conn, 1) == 1
-    finally:
-        migrations.MIGRATIONS = original  # type: ignore[misc]
-        conn.close()
-    storage = SqliteStorage(path)
-    assert storage.schema_version == original[-1][0] >= 2
-    storage.close()
-    store = PackageStore(path)
-    store.apply("a", [PackageInventory(ts=1, scope="host", full=True, added=packages()[:2])])
-    assert len(store.installed()) == 2
 
 
 def test_uncovered_ecosystems_are_reported(platform: Platform, agent: EnrolledAgent, tmp_path: Any) -> None:

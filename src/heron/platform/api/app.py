@@ -25,10 +25,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from heron import __version__
-from heron.platform.api import enroll, ingest, query, vulns
+from heron.platform.api import alerts, enroll, graph, ingest, overview, query, users, vulns
 from heron.platform.api.context import ApiError, PlatformConfig, PlatformContext
 from heron.platform.api.openapi import openapi_document
 from heron.platform.storage.base import Storage
+from heron.platform.storage.db import DatabaseUnavailable
 
 log = logging.getLogger("heron.platform")
 
@@ -76,6 +77,12 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    """Any request: the database went away (it may come back); say so instead of a 500."""
+    return JSONResponse({"error": "database unavailable; retry later"}, status_code=503,
+                        headers={"Retry-After": str(ingest.RETRY_AFTER_S)})
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
@@ -104,13 +111,15 @@ def create_app(storage: Storage, config: PlatformConfig | None = None) -> Starle
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         task = asyncio.create_task(_retention_loop(storage, cfg)) if cfg.retention_days > 0 else None
+        notifier = alerts.start_notifier(app.state.heron)
         try:
             yield
         finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            for t in (task, notifier):
+                if t is not None:
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
 
     routes = [
         Route("/api/v1/health", health, methods=["GET"]),
@@ -122,12 +131,27 @@ def create_app(storage: Storage, config: PlatformConfig | None = None) -> Starle
         Route("/api/v1/agents", query.list_agents, methods=["GET"]),
         Route("/api/v1/vulns", vulns.list_vulns, methods=["GET"]),
         Route("/api/v1/packages", vulns.list_packages, methods=["GET"]),
+        Route("/api/v1/overview", overview.get_overview, methods=["GET"]),
+        Route("/api/v1/session", users.login, methods=["POST"]),
+        Route("/api/v1/session", users.whoami, methods=["GET"]),
+        Route("/api/v1/session", users.logout, methods=["DELETE"]),
+        Route("/api/v1/users", users.list_users, methods=["GET"]),
+        Route("/api/v1/users", users.add_user, methods=["POST"]),
+        Route("/api/v1/users/me/password", users.change_own_password, methods=["POST"]),
+        Route("/api/v1/users/{id}", users.change_user, methods=["PATCH"]),
+        Route("/api/v1/users/{id}", users.delete_user, methods=["DELETE"]),
+        Route("/api/v1/tokens", users.list_tokens, methods=["GET"]),
+        Route("/api/v1/tokens", users.add_token, methods=["POST"]),
+        Route("/api/v1/tokens/{id}", users.revoke_token, methods=["DELETE"]),
+        *(Route(path, fn, methods=[method]) for path, fn, method in alerts.ROUTES),
+        *(Route(path, fn, methods=[method]) for path, fn, method in graph.ROUTES),
         Mount("/", StaticFiles(directory=CONSOLE_DIR, html=True), name="console"),
     ]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error,
+                            DatabaseUnavailable: _database_unavailable},
         middleware=[Middleware(SecurityHeaders)],
     )
     app.state.heron = PlatformContext.create(storage, cfg)

@@ -1,9 +1,16 @@
-"""Bearer tokens: creation, hashing, and the per-endpoint role check.
+"""Who is calling: a bearer token or a console session cookie, and the per-endpoint role check.
 
-Only the SHA-256 of a token is stored. A token is looked up by its hash (hashing first means the
-lookup's timing says nothing about the token) and the stored hash is compared in constant time.
-Roles: ``admin`` and ``reader`` query; ``enroll`` enrols agents; ``agent`` ingests and updates
-itself only.
+Bearer tokens: only the SHA-256 of a token is stored. A token is looked up by its hash (hashing
+first means the lookup's timing says nothing about the token) and the stored hash is compared in
+constant time. A revoked or expired token is refused; ``last_used`` is written at most once a minute.
+
+Console sessions (cookie ``heron_session``, see heron.platform.auth.sessions): the user's role is the
+caller's kind (admin or reader). A session request that changes something (any method but GET and
+HEAD) must carry the session's CSRF token in ``X-Heron-CSRF``: a cross-site page can make the
+browser send the cookie, but cannot read the token.
+
+Roles: ``admin`` queries and changes; ``reader`` queries; ``enroll`` enrols agents; ``agent``
+ingests and updates itself only.
 """
 
 from __future__ import annotations
@@ -11,18 +18,26 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Collection
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from heron.platform.api.context import ApiError, context
+from heron.platform.api.context import ApiError, PlatformContext, context
+from heron.platform.auth.sessions import COOKIE_NAME, SessionPolicy, lookup_session
+from heron.platform.auth.store import AuthStore, SessionRow
 from heron.platform.storage.base import TokenKind, TokenRecord
+from heron.platform.storage.db import Database
 
 MAX_TOKEN_LENGTH = 256
 QUERY_ROLES: tuple[TokenKind, ...] = ("admin", "reader")
+ADMIN_ROLES: tuple[TokenKind, ...] = ("admin",)  # changes: alert states, suppressions, baselines, users
 ENROLL_ROLES: tuple[TokenKind, ...] = ("enroll", "admin")
 AGENT_ROLES: tuple[TokenKind, ...] = ("agent",)
+CSRF_HEADER = "X-Heron-CSRF"
+SAFE_METHODS = ("GET", "HEAD")
+TOUCH_INTERVAL_NS = 60 * 10**9
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
@@ -45,12 +60,95 @@ def bearer_token(request: Request) -> str:
     return token
 
 
-async def authenticate(request: Request, roles: Collection[TokenKind]) -> TokenRecord:
-    """The caller's token record: 401 if unknown or revoked, 403 if its role is not in ``roles``."""
+def database(ctx: PlatformContext) -> Database | None:
+    """The platform's SQLAlchemy database (``storage.db``), when its storage has one."""
+    db = getattr(ctx.storage, "db", None)
+    return db if isinstance(db, Database) else None
+
+
+def auth_store(request: Request) -> AuthStore:
+    db = database(context(request))
+    if db is None:
+        raise ApiError(503, "users and sessions need the SQL storage")
+    return AuthStore(db)
+
+
+def session_policy(ctx: PlatformContext) -> SessionPolicy:
+    return SessionPolicy(idle_s=ctx.config.session_idle_s, max_s=ctx.config.session_max_s)
+
+
+def _check_token(store: AuthStore, digest: str) -> TokenRecord | None:
+    found = store.find_token(digest)
+    now = time.time_ns()
+    if (found is None or not hmac.compare_digest(found.token_hash, digest) or found.revoked is not None
+            or (found.expires is not None and found.expires <= now)):
+        return None
+    if found.last_used is None or found.last_used < now - TOUCH_INTERVAL_NS:
+        store.touch_token(digest, now, now - TOUCH_INTERVAL_NS)
+    kind: TokenKind = found.kind  # type: ignore[assignment]  # the column holds TOKEN_KINDS only
+    return TokenRecord(found.token_hash, kind, found.agent_id, found.created, found.revoked, found.name)
+
+
+async def _from_bearer(request: Request) -> TokenRecord:
     digest = hash_token(bearer_token(request))
-    record = await run_in_threadpool(context(request).storage.find_token, digest)
-    if record is None or not hmac.compare_digest(record.token_hash, digest) or record.revoked is not None:
+    ctx = context(request)
+    db = database(ctx)
+    if db is None:  # a storage without SQLAlchemy (the old SqliteStorage): tokens only, no expiry
+        record = await run_in_threadpool(ctx.storage.find_token, digest)
+        if record is not None and (not hmac.compare_digest(record.token_hash, digest) or record.revoked is not None):
+            record = None
+    else:
+        record = await run_in_threadpool(_check_token, AuthStore(db), digest)
+    if record is None:
         raise ApiError(401, "invalid token", _CHALLENGE)
-    if record.kind not in roles:
-        raise ApiError(403, f"a {record.kind} token may not do this")
     return record
+
+
+async def current_session(request: Request) -> SessionRow:
+    """The live console session of the request's cookie; 401 if there is none."""
+    cookie = request.cookies.get(COOKIE_NAME, "")
+    ctx = context(request)
+    db = database(ctx)
+    found = None
+    if cookie and db is not None:
+        found = await run_in_threadpool(lookup_session, AuthStore(db), cookie, time.time_ns(), session_policy(ctx))
+    if found is None:
+        raise ApiError(401, "not logged in or session expired")
+    return found
+
+
+def check_csrf(request: Request, session: SessionRow) -> None:
+    if request.method in SAFE_METHODS:
+        return
+    sent = request.headers.get(CSRF_HEADER, "")
+    if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+        raise ApiError(403, f"missing or wrong {CSRF_HEADER} header")
+
+
+def session_record(session: SessionRow) -> TokenRecord:
+    """A console session as the caller record ``authenticate`` returns: its kind is the user's role."""
+    kind: TokenKind = "admin" if session.user.role == "admin" else "reader"
+    return TokenRecord(session.token_hash, kind, None, session.created, None, session.user.username,
+                       session.user.id)
+
+
+async def authenticate(request: Request, roles: Collection[TokenKind]) -> TokenRecord:
+    """The caller: a bearer token (when an Authorization header is sent) or else the session cookie.
+    401 if unknown, revoked or expired; 403 if a session request that changes something lacks its
+    CSRF header, or if the caller's role is not in ``roles``."""
+    if "authorization" in request.headers or COOKIE_NAME not in request.cookies:
+        record = await _from_bearer(request)
+    else:
+        session = await current_session(request)
+        check_csrf(request, session)
+        record = session_record(session)
+    if record.kind not in roles:
+        raise ApiError(403, f"a {record.kind} {'user' if record.user_id is not None else 'token'} may not do this")
+    return record
+
+
+def actor(record: TokenRecord) -> str:
+    """Who did it, for audit logs: the username of a session, else ``token:`` and the token's name or id."""
+    if record.user_id is not None:
+        return record.name
+    return f"token:{record.name or record.token_hash[:16]}"

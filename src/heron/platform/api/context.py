@@ -8,13 +8,17 @@ import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 from starlette.requests import Request
 
+from heron.platform.alerts.runtime import AlertsRuntime
+from heron.platform.analysis import Pipeline
 from heron.platform.enrich import ContainerAddresses
+from heron.platform.graph import GraphBuilder
 from heron.platform.storage.base import Storage
 
 
@@ -31,6 +35,23 @@ class PlatformConfig:
     default_query_limit: int = 100
     retention_days: float = 7.0  # 0 keeps events forever
     retention_interval_s: float = 3600.0
+    # Local files (token files, vulndb.sqlite); None: beside a SQLite database (server.py sets it).
+    data_dir: Path | None = None
+    baseline_learning_s: float = 86400.0  # a process cluster's learning window (docs/graph.md)
+    anomaly_alert_min_score: float = 60.0  # weaker anomalies stay "new" graph edges without an alert
+    session_idle_s: float = 12 * 3600.0  # console session ends after this long without a request
+    session_max_s: float = 7 * 86400.0  # ... and this long after login in any case
+    login_max_failures: int = 5  # failed logins per username + client address per window (per server)
+    login_window_s: float = 60.0
+    # alerts (docs/alerts.md)
+    rule_paths: tuple[str, ...] = ()  # user rule files/directories, loaded beside the default pack
+    rules_check_interval_s: float = 2.0  # hot reload: how often ingest checks the rule files
+    incident_window_s: float = 600.0  # related detections within this join one alert
+    dedupe_window_s: float = 600.0  # an identical detection within this counts on the first one
+    suppression_refresh_s: float = 5.0  # each server re-reads the suppressions this often
+    notify_poll_s: float = 2.0  # outbox polling when idle
+    notify_max_attempts: int = 8  # then the notification is "failed"
+    notify_backoff_s: float = 5.0  # first retry delay, doubled per attempt (capped at an hour)
 
 
 T = TypeVar("T")
@@ -68,10 +89,14 @@ class PlatformContext:
     # agent id -> addresses of that host's containers (see heron.platform.enrich)
     _container_addrs: dict[str, ContainerAddresses] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    alerts: AlertsRuntime | None = None  # rule engine + alert recorder (pipeline stages), notifier settings
+    pipeline: Pipeline = field(default_factory=Pipeline)  # run by ingest inside the batch's transaction
 
     @classmethod
     def create(cls, storage: Storage, config: PlatformConfig) -> PlatformContext:
-        return cls(storage, config, WorkLimiter(config.ingest_workers))
+        alerts = AlertsRuntime.create(config)
+        return cls(storage, config, WorkLimiter(config.ingest_workers), alerts=alerts,
+                   pipeline=Pipeline(rules=alerts.engine, graph=GraphBuilder(config), alerts=alerts.recorder))
 
     def container_addresses(self, agent_id: str) -> ContainerAddresses:
         with self._lock:

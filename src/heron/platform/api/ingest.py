@@ -10,21 +10,28 @@ id already stored answers ``duplicate`` and stores nothing.
 
 from __future__ import annotations
 
+import logging
 import re
 import struct
 import time
+from collections.abc import Callable
 
 import msgspec
+import sqlalchemy as sa
 import zstandard
+from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from heron.platform import packages
+from heron.platform.analysis import Batch, Pipeline
 from heron.platform.api.auth import AGENT_ROLES, authenticate
 from heron.platform.api.context import ApiError, PlatformContext, context, read_body
 from heron.platform.enrich import classify_endpoints
 from heron.platform.storage.base import EventRow, IngestResult
+from heron.platform.storage.db import DatabaseUnavailable
+from heron.platform.storage.schema import agents
 from heron.schema.events import (
     AgentHealth,
     AnyEvent,
@@ -41,6 +48,9 @@ from heron.schema.events import (
     to_json,
 )
 
+log = logging.getLogger("heron.platform.ingest")
+
+RETRY_AFTER_S = 5  # seconds an agent waits before sending again when the database is unavailable
 BATCH_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 _READ_CHUNK = 1 << 20
 _MAX_ERROR = 300  # characters of a decoder message echoed back
@@ -132,13 +142,39 @@ def store_batch(ctx: PlatformContext, agent_id: str, batch_id: str, body: bytes)
     health = [e for e in events if isinstance(e, AgentHealth)]
     last_health = to_json(max(health, key=lambda h: h.ts)) if health else None
     del events, health
+    now = time.time_ns()
     try:
-        return ctx.storage.ingest_batch(agent_id, batch_id, rows, last_health, time.time_ns())
-    except OverflowError:  # an integer (ts, pid) the schema allows but SQLite's int64 cannot hold
+        return ctx.storage.ingest_batch(agent_id, batch_id, rows, last_health, now,
+                                        analyse=_analyse(ctx.pipeline, agent_id, rows, now))
+    except OverflowError:  # an integer (ts, pid) the schema allows but the database's int64 cannot hold
         raise ApiError(400, "invalid events: integer out of range (64-bit signed)") from None
 
 
+def _analyse(pipeline: Pipeline, agent_id: str, rows: list[EventRow], now: int) -> Callable[[Connection], None] | None:
+    """The pipeline as the storage's ``analyse`` hook (run inside the batch's transaction), or None
+    when it has no stage (then nothing is decoded again)."""
+    if pipeline.rules is None and pipeline.graph is None and pipeline.alerts is None:
+        return None
+
+    def analyse(conn: Connection) -> None:
+        hostname = conn.execute(sa.select(agents.c.hostname).where(agents.c.agent_id == agent_id)).scalar()
+        pipeline.run(conn, Batch(agent_id, hostname or "", received=now,
+                                 events=[msgspec.json.decode(r.data) for r in rows]))
+
+    return analyse
+
+
 async def ingest(request: Request) -> Response:
+    """The database being unreachable is answered 503 with Retry-After: the agent keeps the batch
+    in its spool and sends it again (nothing is lost, and a half-stored batch was rolled back)."""
+    try:
+        return await _ingest(request)
+    except DatabaseUnavailable as e:
+        log.warning("ingest: database unavailable: %s", str(e)[:_MAX_ERROR])
+        raise ApiError(503, "database unavailable; retry later", {"Retry-After": str(RETRY_AFTER_S)}) from None
+
+
+async def _ingest(request: Request) -> Response:
     record = await authenticate(request, AGENT_ROLES)
     agent_id = request.headers.get("x-heron-agent", "")
     if not agent_id or agent_id != record.agent_id:

@@ -31,14 +31,33 @@ AGENT_UPDATE = {
 ENROLL = {**AGENT_UPDATE, "properties": {**AGENT_UPDATE["properties"], "name": {"type": "string"}}}  # type: ignore[dict-item]
 
 
+def _module_paths() -> dict[str, object]:
+    """Path items each API module documents beside its routes (alerts, graph, users, overview)."""
+    from heron.platform.api import alerts, graph, overview, users
+
+    merged: dict[str, object] = {}
+    for module in (users, overview, alerts, graph):
+        merged.update(module.OPENAPI_PATHS)
+    return merged
+
+
 def openapi_document() -> dict[str, object]:
     time_doc = "ns since the epoch, or an ISO 8601 time (UTC unless it says)"
     return {
         "openapi": "3.1.0",
         "info": {"title": "heron platform API", "version": __version__,
-                 "description": "Agent ingest and query API (see docs/wire.md)."},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+                 "description": "Agent ingest, queries, alerts, graph, users (docs/wire.md, docs/alerts.md, "
+                                "docs/graph.md, docs/auth.md)."},
+        "components": {"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "session": {"type": "apiKey", "in": "cookie", "name": "heron_session",
+                        "description": "console login; send X-Heron-CSRF on changes"},
+        }},
         "paths": {
+            "/api/v1/openapi.json": {"get": {
+                "summary": "This document; no authentication.", "security": [],
+                "responses": _responses((200, "OpenAPI 3.1 JSON")),
+            }},
             "/api/v1/health": {"get": {
                 "summary": "Liveness; no authentication.", "security": [],
                 "responses": _responses((200, '{"status": "ok", "version": ...}')),
@@ -120,5 +139,6 @@ def openapi_document() -> dict[str, object]:
                 ],
                 "responses": _responses((200, '{"packages": [...], "total": N}'), *_ERRORS),
             }},
+            **_module_paths(),
         },
     }

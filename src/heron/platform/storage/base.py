@@ -1,14 +1,17 @@
 """The storage interface of the platform: everything the API needs, nothing SQL-specific.
 
-SQLite implements it today (storage/sqlite.py); PostgreSQL will implement the same protocol.
+``SqlStorage`` (storage/sql.py) implements it for SQLite and PostgreSQL alike.
 Times are integers, nanoseconds since the epoch, like event timestamps. Implementations must be
 safe to call from several threads (the API calls them from a thread pool).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+from sqlalchemy.engine import Connection
 
 TokenKind = Literal["admin", "reader", "enroll", "agent"]
 TOKEN_KINDS: tuple[TokenKind, ...] = ("admin", "reader", "enroll", "agent")
@@ -21,6 +24,8 @@ class TokenRecord:
     agent_id: str | None
     created: int
     revoked: int | None = None
+    name: str = ""  # an API token's name, or the username of a console session
+    user_id: int | None = None  # the user of a console session; None for a token
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +105,12 @@ class Storage(Protocol):
     # events
     def has_batch(self, agent_id: str, batch_id: str) -> bool: ...
     def ingest_batch(
-        self, agent_id: str, batch_id: str, events: list[EventRow], last_health: bytes | None, now: int
+        self, agent_id: str, batch_id: str, events: list[EventRow], last_health: bytes | None, now: int,
+        *, analyse: Callable[[Connection], None] | None = None,
     ) -> IngestResult:
         """Store the batch and its events atomically; a batch id already stored changes nothing.
-        Also refreshes the agent's last_seen and, when given, its last_health."""
+        Also refreshes the agent's last_seen and, when given, its last_health. ``analyse`` runs
+        inside the same transaction after the events are inserted, for a new batch only."""
         ...
 
     def query_events(self, query: EventQuery) -> list[StoredEvent]: ...

@@ -1,0 +1,125 @@
+"""GET /api/v1/overview: the console's first page in one query round.
+
+Agents (total, healthy, stale), events of the last 24 h per type, open alerts per severity and the
+most recent alerts. Every part reads an index: the 24 h count walks ``events_ts`` and stops after
+``EVENT_SCAN_CAP`` rows (a fleet sending more than that a day gets ``capped: true`` and lower
+bounds), so the page stays fast with millions of events stored.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from heron.platform.alerts.rows import alert_json
+from heron.platform.api.auth import QUERY_ROLES, authenticate
+from heron.platform.api.context import ApiError, context
+from heron.platform.storage.db import Database
+from heron.platform.storage.schema import agents, alerts, events
+
+DAY_NS = 86_400 * 10**9
+STALE_NS = 5 * 60 * 10**9  # an agent that has sent nothing (not even health) for this long is stale
+EVENT_SCAN_CAP = 1_000_000  # rows of the 24 h window counted at most
+RECENT_ALERTS = 10
+LOSS_WORDS = ("drop", "lost", "error")  # health counters that mean the agent lost data
+
+
+def _losses(last_health: str | None) -> bool:
+    """Whether the agent's last health report counts any lost data."""
+    if not last_health:
+        return False
+    try:
+        counters = json.loads(last_health).get("counters") or {}
+    except (ValueError, AttributeError):
+        return False
+    if not isinstance(counters, dict):
+        return False
+    return any(isinstance(v, int | float) and v > 0 and any(w in str(k) for w in LOSS_WORDS)
+               for k, v in counters.items())
+
+
+def events_per_type(conn: Connection, since: int, cap: int = EVENT_SCAN_CAP) -> tuple[dict[str, int], bool]:
+    """Events with ts >= since, counted per type; at most ``cap`` rows are read (newest first)."""
+    window = (sa.select(events.c.type).where(events.c.ts >= since)
+              .order_by(events.c.ts.desc()).limit(cap).subquery())
+    stmt = sa.select(window.c.type, sa.func.count()).group_by(window.c.type)
+    counts = {str(t): int(n) for t, n in conn.execute(stmt)}
+    return counts, sum(counts.values()) >= cap
+
+
+def overview(conn: Connection, now: int, *, stale_ns: int = STALE_NS, cap: int = EVENT_SCAN_CAP,
+             recent: int = RECENT_ALERTS) -> dict[str, object]:
+    total = healthy = stale = 0
+    for last_seen, last_health in conn.execute(sa.select(agents.c.last_seen, agents.c.last_health)):
+        total += 1
+        if now - last_seen > stale_ns:
+            stale += 1
+        elif not _losses(last_health):
+            healthy += 1
+    per_type, capped = events_per_type(conn, now - DAY_NS, cap)
+    by_state: dict[str, dict[str, int]] = {"open": {}, "acknowledged": {}}
+    stmt = (sa.select(alerts.c.state, alerts.c.severity, sa.func.count())
+            .where(alerts.c.state.in_(list(by_state))).group_by(alerts.c.state, alerts.c.severity))
+    for state, severity, n in conn.execute(stmt):
+        by_state[state][severity] = int(n)
+    rows = conn.execute(sa.select(alerts).order_by(alerts.c.last_ts.desc(), alerts.c.id.desc()).limit(recent))
+    return {
+        "agents": {"total": total, "healthy": healthy, "stale": stale, "stale_after_ns": stale_ns},
+        "events": {"last_24h": per_type, "since": now - DAY_NS, "capped": capped},
+        "alerts": by_state,
+        "recent_alerts": [alert_json(r._mapping) for r in rows],
+        "time": now,
+    }
+
+
+def _database(request: Request) -> Database:
+    db = getattr(context(request).storage, "db", None)
+    if not isinstance(db, Database):
+        raise ApiError(503, "the overview needs the SQL storage (storage.db)")
+    return db
+
+
+def read_overview(db: Database, now: int) -> dict[str, object]:
+    with db.read() as conn:
+        return overview(conn, now)
+
+
+async def get_overview(request: Request) -> Response:
+    await authenticate(request, QUERY_ROLES)
+    body = await run_in_threadpool(read_overview, _database(request), time.time_ns())
+    return JSONResponse(body)
+
+
+_COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
+OPENAPI_PATHS: dict[str, object] = {
+    "/api/v1/overview": {"get": {
+        "summary": "The console's overview: agents, events of the last 24 h per type, open alerts (admin or "
+                   "reader).",
+        "security": [{"bearer": []}],
+        "responses": {
+            "200": {"description": "overview", "content": {"application/json": {"schema": {
+                "type": "object",
+                "properties": {
+                    "agents": {"type": "object", "properties": {
+                        "total": {"type": "integer"}, "healthy": {"type": "integer"},
+                        "stale": {"type": "integer"}, "stale_after_ns": {"type": "integer"}}},
+                    "events": {"type": "object", "properties": {
+                        "last_24h": _COUNTS, "since": {"type": "integer"},
+                        "capped": {"type": "boolean", "description": "the window held more rows than were "
+                                                                     "counted: the counts are lower bounds"}}},
+                    "alerts": {"type": "object", "properties": {"open": _COUNTS, "acknowledged": _COUNTS}},
+                    "recent_alerts": {"type": "array", "items": {"type": "object"}},
+                    "time": {"type": "integer"},
+                }}}}},
+            "401": {"description": "no valid credentials"},
+            "403": {"description": "role may not read"},
+            "503": {"description": "database unavailable"},
+        },
+    }},
+}

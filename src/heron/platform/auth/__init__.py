@@ -1,0 +1,1 @@
+"""Console users, their sessions, roles and API tokens (see docs/auth.md)."""

@@ -1,0 +1,223 @@
+"""The Storage protocol on a ``Database`` (SQLAlchemy Core): one code path for SQLite and PostgreSQL.
+
+Writes run in ``db.begin()`` transactions, so a batch, its events and whatever ``analyse`` adds
+commit together or not at all; reads use ``db.read()``. Events are inserted with one executemany
+per batch. Retention differs by database: PostgreSQL drops whole daily partitions
+(``partitions.py``), SQLite deletes in chunks so ingest never waits long on its single writer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from heron.platform.storage import migrations, partitions
+from heron.platform.storage.base import (
+    AgentRecord,
+    EventQuery,
+    EventRow,
+    IngestResult,
+    StoredEvent,
+    TokenKind,
+    TokenRecord,
+)
+from heron.platform.storage.db import Database
+from heron.platform.storage.schema import agents, batches, tokens
+from heron.platform.storage.schema import events as event_table
+
+DELETE_CHUNK = 5000  # rows per retention transaction on SQLite
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL; SQLite could, but both must store the same thing."""
+    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
+
+
+def _check_int64(row: EventRow) -> None:
+    """Refuse what neither database can hold before writing anything (SQLite would raise
+    OverflowError, PostgreSQL a DataError that aborts the transaction)."""
+    lo, hi = _INT64
+    for value in (row.ts, row.pid):
+        if isinstance(value, int) and not lo <= value <= hi:
+            raise OverflowError("integer out of range (64-bit signed)")
+
+
+def database_of(storage: object) -> Database | None:
+    """The Database behind a storage (``SqlStorage.db``), or None for another implementation."""
+    db = getattr(storage, "db", None)
+    return db if isinstance(db, Database) else None
+
+
+class SqlStorage:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @classmethod
+    def open(cls, url: str) -> SqlStorage:
+        """Open ``url`` (a SQLite path or postgresql://), migrate it and create the coming partitions."""
+        db = Database(url)
+        try:
+            migrations.migrate(db)
+            if db.dialect == "postgresql":
+                with db.begin() as conn:
+                    partitions.ensure_partitions(conn, time.time_ns())
+        except BaseException:
+            db.close()
+            raise
+        return cls(db)
+
+    @property
+    def path(self) -> str | None:
+        """The SQLite file, or None on PostgreSQL."""
+        return self.db.path
+
+    # -- tokens ----------------------------------------------------------------------------------
+    def add_token(self, token_hash: str, kind: TokenKind, agent_id: str | None, now: int) -> None:
+        with self.db.begin() as c:
+            c.execute(sa.insert(tokens).values(token_hash=token_hash, kind=kind, agent_id=agent_id, created=now))
+
+    def find_token(self, token_hash: str) -> TokenRecord | None:
+        with self.db.read() as c:
+            row = c.execute(sa.select(tokens.c.token_hash, tokens.c.kind, tokens.c.agent_id, tokens.c.created,
+                                      tokens.c.revoked).where(tokens.c.token_hash == token_hash)).first()
+        if row is None:
+            return None
+        return TokenRecord(str(row.token_hash), row.kind, row.agent_id, int(row.created), row.revoked)
+
+    def revoke_token(self, token_hash: str, now: int) -> bool:
+        with self.db.begin() as c:
+            result = c.execute(sa.update(tokens).where(tokens.c.token_hash == token_hash, tokens.c.revoked.is_(None))
+                               .values(revoked=now))
+            return result.rowcount == 1
+
+    # -- agents ----------------------------------------------------------------------------------
+    def add_agent(self, agent: AgentRecord, token_hash: str) -> None:
+        with self.db.begin() as c:
+            c.execute(sa.insert(agents).values(
+                agent_id=agent.agent_id, name=_text(agent.name), host=_text(agent.host),
+                hostname=_text(agent.hostname), version=_text(agent.version), first_seen=agent.first_seen,
+                last_seen=agent.last_seen, last_health=_text(agent.last_health)))
+            c.execute(sa.insert(tokens).values(token_hash=token_hash, kind="agent", agent_id=agent.agent_id,
+                                               created=agent.first_seen))
+
+    def update_agent(self, agent_id: str, host: str, hostname: str, version: str, now: int) -> bool:
+        with self.db.begin() as c:
+            result = c.execute(sa.update(agents).where(agents.c.agent_id == agent_id).values(
+                host=_text(host), hostname=_text(hostname), version=_text(version), last_seen=now))
+            return result.rowcount == 1
+
+    _AGENT_COLUMNS = (agents.c.agent_id, agents.c.name, agents.c.host, agents.c.hostname, agents.c.version,
+                      agents.c.first_seen, agents.c.last_seen, agents.c.last_health)
+
+    def get_agent(self, agent_id: str) -> AgentRecord | None:
+        with self.db.read() as c:
+            row = c.execute(sa.select(*self._AGENT_COLUMNS).where(agents.c.agent_id == agent_id)).first()
+        return AgentRecord(*row) if row is not None else None
+
+    def list_agents(self) -> list[AgentRecord]:
+        with self.db.read() as c:
+            rows = c.execute(sa.select(*self._AGENT_COLUMNS).order_by(agents.c.hostname, agents.c.agent_id)).all()
+        return [AgentRecord(*r) for r in rows]
+
+    # -- events ----------------------------------------------------------------------------------
+    def has_batch(self, agent_id: str, batch_id: str) -> bool:
+        with self.db.read() as c:
+            return c.execute(sa.select(sa.literal(1)).where(
+                batches.c.agent_id == agent_id, batches.c.batch_id == batch_id)).first() is not None
+
+    def ingest_batch(
+        self, agent_id: str, batch_id: str, events: list[EventRow], last_health: bytes | None, now: int,
+        *, analyse: Callable[[Connection], None] | None = None,
+    ) -> IngestResult:
+        """Store the batch; ``analyse`` runs in the same transaction after the events are inserted,
+        only for a new batch (a duplicate repeats none of it)."""
+        for row in events:
+            _check_int64(row)
+        with self.db.begin() as c:
+            inserted = c.execute(
+                self.db.insert(batches).values(agent_id=agent_id, batch_id=batch_id, received_at=now,
+                                               n_events=len(events))
+                .on_conflict_do_nothing(index_elements=["agent_id", "batch_id"])
+                .returning(batches.c.batch_id)).first()  # (psycopg's rowcount is -1 here)
+            if inserted is None:
+                return IngestResult(accepted=0, duplicate=True)
+            hostname = c.execute(sa.select(agents.c.hostname).where(agents.c.agent_id == agent_id)).scalar()
+            if events:
+                c.execute(sa.insert(event_table), [
+                    {"agent_id": agent_id, "hostname": hostname or "", "type": e.type, "ts": e.ts,
+                     "key": _text(e.key), "pid": e.pid, "exe": _text(e.exe), "cmdline": _text(e.cmdline),
+                     "data": e.data.decode()} for e in events])
+            values: dict[str, Any] = {"last_seen": now}
+            if last_health is not None:
+                values["last_health"] = last_health.decode()
+            c.execute(sa.update(agents).where(agents.c.agent_id == agent_id).values(**values))
+            if analyse is not None:
+                analyse(c)
+        return IngestResult(accepted=len(events), duplicate=False)
+
+    def query_events(self, query: EventQuery) -> list[StoredEvent]:
+        e = event_table
+        where: list[sa.ColumnElement[bool]] = []
+        for column, value in ((e.c.type, query.type), (e.c.agent_id, query.agent_id),
+                              (e.c.hostname, query.hostname), (e.c.key, query.key), (e.c.pid, query.pid)):
+            if value is not None:
+                where.append(column == value)
+        if query.types:
+            where.append(e.c.type.in_(query.types))
+        if query.exe is not None:
+            where.append(sa.or_(e.c.exe == query.exe, e.c.exe.like("%/" + _like_escape(query.exe), escape="\\")))
+        if query.text:
+            # Case-insensitive on both databases (SQLite's LIKE already is for ASCII).
+            where.append(e.c.cmdline.ilike("%" + _like_escape(query.text) + "%", escape="\\"))
+        if query.since is not None:
+            where.append(e.c.ts >= query.since)
+        if query.until is not None:
+            where.append(e.c.ts < query.until)
+        if query.after_id is not None:
+            where.append(e.c.id > query.after_id)
+        order = e.c.id.asc() if query.after_id is not None else e.c.id.desc()
+        stmt = (sa.select(e.c.id, e.c.agent_id, e.c.hostname, e.c.data).where(*where)
+                .order_by(order).limit(max(0, query.limit)))
+        with self.db.read() as c:
+            rows = c.execute(stmt).all()
+        return [StoredEvent(int(i), str(a), str(h), str(d).encode()) for i, a, h, d in rows]
+
+    def delete_events_before(self, ts: int) -> int:
+        if self.db.dialect == "postgresql":
+            with self.db.begin() as c:  # the retention task also keeps the coming days' partitions made
+                partitions.ensure_partitions(c, time.time_ns())
+            deleted = partitions.drop_partitions_before(self.db, ts)
+        else:
+            deleted = 0
+        deleted += self._delete_in_chunks(ts)
+        with self.db.begin() as c:
+            c.execute(sa.delete(batches).where(batches.c.received_at < ts))
+        return deleted
+
+    def _delete_in_chunks(self, ts: int) -> int:
+        """Rows older than ``ts`` left after dropping partitions (SQLite: all of them; PostgreSQL:
+        the partition holding the cutoff and the default partition)."""
+        deleted = 0
+        while True:
+            chunk = sa.select(event_table.c.id).where(event_table.c.ts < ts).limit(DELETE_CHUNK).scalar_subquery()
+            with self.db.begin() as c:
+                n = c.execute(sa.delete(event_table).where(event_table.c.ts < ts, event_table.c.id.in_(chunk))).rowcount
+            deleted += n
+            if n < DELETE_CHUNK:
+                return deleted
+
+    def count_events(self) -> int:
+        with self.db.read() as c:
+            return int(c.execute(sa.select(sa.func.count()).select_from(event_table)).scalar_one())
+
+    def close(self) -> None:
+        self.db.close()
