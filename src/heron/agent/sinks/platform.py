@@ -215,14 +215,15 @@ class PlatformSink:
         if self._last_trouble:
             log.info("platform %s: delivering again", self.client.url)
             self._last_trouble = ""
-        self.spool.ack(batch_id)
-        self.health.set("spool.pending", self.spool.pending_records)
+        # Counters before the ack: drain() returns once the spool is empty, and its caller may read them.
         if ack is Ack.OK:
             self.health.add(C + "sent_batches")
             self.health.add(C + "sent_events", count)
         else:
             self.health.add(C + "dropped_batches")
             self.health.add(C + "dropped_events", count)
+        self.spool.ack(batch_id)
+        self.health.set("spool.pending", self.spool.pending_records)
         return True
 
     def _trouble(self, message: str) -> None:
