@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,11 +54,20 @@ class Host:
         return self.boot_time_ns + ticks * 1_000_000_000 // self.clk_tck
 
 
+_HOSTNAME_BAD = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def clean_hostname(name: str) -> str:
+    """The host name as the platform accepts it (docs/wire.md): Linux lets root set any bytes, the
+    platform takes letters, digits, '.', '_' and '-' only, so anything else becomes '-'."""
+    return _HOSTNAME_BAD.sub("-", name)[:253] or "unknown"
+
+
 def detect_host(proc_root: str = "/proc") -> Host:
     machine_id = _read("/etc/machine-id") or _read("/var/lib/dbus/machine-id")
     boot_id = _read(f"{proc_root}/sys/kernel/random/boot_id").replace("-", "")
     info = HostInfo(
-        hostname=socket.gethostname(),
+        hostname=clean_hostname(socket.gethostname()),
         machine_id=machine_id,
         boot_id=boot_id or "0" * 32,
         kernel=platform.release(),
