@@ -18,6 +18,7 @@ import pytest
 from platform_helpers import PG_SERVER, EnrolledAgent, Platform, enroll
 from starlette.testclient import TestClient
 
+from browser import chromium, console, page  # noqa: F401  (one session browser for every test directory)
 from heron.platform.api.app import create_app
 from heron.platform.api.context import PlatformConfig
 from heron.platform.server import ServerHandle, open_data_dir, start_in_thread

@@ -357,6 +357,8 @@ def cmd_token(args: argparse.Namespace) -> int:
         if args.subcommand == "create":
             return cli.token_create(store, args.name, args.role, args.expires_days)
         if args.subcommand == "revoke":
+            if args.agent is not None:
+                return cli.agent_token_revoke(store, args.agent)
             return cli.token_revoke(store, args.id)
         return cli.token_list(store, args.json)
     finally:
@@ -627,8 +629,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expires-days", type=float, metavar="DAYS", help="valid for DAYS (default: until revoked)")
     p = tokens.add_parser("list", help="list API tokens (never the tokens themselves)")
     p.add_argument("--json", action="store_true")
-    p = tokens.add_parser("revoke", help="revoke an API token by its id (see heron token list)")
-    p.add_argument("id")
+    p = tokens.add_parser("revoke", help="revoke an API token by its id (see heron token list), or an agent's token "
+                          "with --agent AGENT_ID (the console's Hosts page shows agent ids)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", nargs="?", help="the token id (16 hex digits)")
+    which.add_argument("--agent", metavar="AGENT_ID", help="revoke this agent's token (it must enrol again)")
     for p in tokens.choices.values():
         _local_db_args(p)
         p.set_defaults(func=cmd_token)

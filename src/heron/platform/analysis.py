@@ -9,10 +9,20 @@ Stages (each optional, so tests can run one alone):
 - ``graph``: updates nodes and edges and returns anomalies against learned baselines (kind
   ``anomaly``);
 - ``alerts``: applies suppressions, groups detections into incidents, queues notifications.
+
+The pipeline runs in a savepoint (``SqlStorage.ingest_batch``): when a stage fails for a reason a
+retry would not cure, its work is rolled back, the batch's events are stored anyway, and
+``IngestStats`` counts the failure (GET /api/v1/overview, ``ingest``). Ingest passes events to the
+stages as they came, with NUL characters replaced by U+FFFD; an event stamped more than
+``FUTURE_SLACK_NS`` after the batch was received is counted as ``future_events`` (stages that
+compare times should bound them by ``Batch.received``).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -76,3 +86,53 @@ class Pipeline:
         if self.alerts is not None:
             self.alerts.record(conn, batch, detections)
         return detections
+
+
+FUTURE_SLACK_NS = 3600 * 10**9  # an event stamped later than received + this is "from the future"
+LOG_EVERY_S = 60.0  # analysis failures are logged at most once per this, with a count of the others
+
+log = logging.getLogger("heron.platform.analysis")
+
+
+@dataclass
+class IngestStats:
+    """What ingest noticed but did not refuse, counted by this server process since it started
+    (in memory: each server of a cluster counts its own, a restart starts from zero)."""
+
+    started: int = field(default_factory=time.time_ns)
+    batches_analysed: int = 0
+    analysis_failures: int = 0  # batches stored without analysis: a stage raised (see the log)
+    last_analysis_error: str = ""
+    last_analysis_failure: int | None = None  # ns
+    future_events: int = 0  # events stamped more than FUTURE_SLACK_NS after their batch arrived
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _logged_at: float = field(default=-LOG_EVERY_S, repr=False)
+    _unlogged: int = field(default=0, repr=False)
+
+    def analysed(self, agent_id: str, batch_id: str, error: BaseException | None, now: int) -> None:
+        """Count one stored batch; log its analysis failure, at most once per LOG_EVERY_S."""
+        with self._lock:
+            self.batches_analysed += 1
+            if error is None:
+                return
+            self.analysis_failures += 1
+            self.last_analysis_error = f"{type(error).__name__}: {error}"[:300]
+            self.last_analysis_failure = now
+            if time.monotonic() - self._logged_at < LOG_EVERY_S:
+                self._unlogged += 1
+                return
+            self._logged_at, skipped, self._unlogged = time.monotonic(), self._unlogged, 0
+        log.error("analysis of batch %s of agent %s failed; its events are stored unanalysed (%d more "
+                  "such failures not logged since the last message)", batch_id, agent_id, skipped,
+                  exc_info=error)
+
+    def count_future(self, n: int) -> None:
+        if n:
+            with self._lock:
+                self.future_events += n
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"since": self.started, "batches_analysed": self.batches_analysed,
+                    "analysis_failures": self.analysis_failures, "last_analysis_error": self.last_analysis_error,
+                    "last_analysis_failure": self.last_analysis_failure, "future_events": self.future_events}

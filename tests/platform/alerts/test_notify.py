@@ -108,7 +108,7 @@ def test_webhook_retried_then_delivered_once(adb: Database, hook: Hook) -> None:
     assert payload["blocks"][0]["type"] == "header"
     assert payload["heron"]["alert"]["rule"] == "Shell spawned by a server process"
     assert payload["heron"]["event"] == "created" and payload["heron"]["alert"]["pid"] == 7
-    assert notifier.stats == {"sent": 1, "retried": 1, "failed": 0}
+    assert notifier.stats == {"sent": 1, "retried": 1, "failed": 0, "lost": 0}
 
 
 def test_gives_up_after_max_attempts(adb: Database) -> None:
@@ -199,3 +199,95 @@ def test_syslog_over_tcp_octet_counted(adb: Database) -> None:
 def test_channel_validation(kind: str, config: dict[str, Any], reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         channels.validate("c", kind, config, "high")
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 that reads a request's head then runs ``answer(conn)``: not HTTP."""
+
+    def __init__(self, answer: Any) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        self.answer = answer
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            try:
+                conn.recv(65536)
+                self.answer(conn, self.stop)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        self.thread.join(5)
+
+
+def test_garbage_answer_is_retried_then_failed_and_others_are_sent(adb: Database, hook: Hook) -> None:
+    garbage = RawServer(lambda conn, stop: conn.sendall(b"\x00\x01 this is not HTTP\r\n\r\n"))
+    try:
+        add_channel(adb, "broken", "webhook", {"url": garbage.url})
+        add_channel(adb, "slack", "webhook", {"url": hook.url})
+        hook.statuses = []
+        queue(adb, make_alert(adb))
+        notifier = Notifier(adb, backoff_s=0.0, max_attempts=2)
+        assert notifier.run_once() == 2  # http.client.BadStatusLine (not an OSError) settles its row only
+        rows = {r.channel_id: r for r in outbox(adb)}
+        states = sorted((r.state, r.attempts, r.claimed_until) for r in rows.values())
+        assert states == [("pending", 1, None), ("sent", 1, None)]
+        assert notifier.run_once() == 1
+        broken = [r for r in outbox(adb) if r.state != "sent"]
+        assert [(r.state, r.attempts) for r in broken] == [("failed", 2)]
+        assert "BadStatusLine" in broken[0].last_error
+        assert notifier.run_once() == 0
+        assert len(hook.bodies) == 1
+    finally:
+        garbage.close()
+
+
+def test_slow_drip_answer_is_abandoned_at_the_deadline(adb: Database) -> None:
+    def drip(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        while not stop.wait(0.1):  # a header byte every 0.1 s: each read is quick, the answer never ends
+            conn.sendall(b"X")
+    slow = RawServer(drip)
+    try:
+        add_channel(adb, "slow", "webhook", {"url": slow.url})
+        queue(adb, make_alert(adb))
+        notifier = Notifier(adb, backoff_s=60.0, timeout_s=5.0, deadline_s=1.0)
+        started = time.monotonic()
+        assert notifier.run_once() == 1
+        elapsed = time.monotonic() - started
+        assert 0.9 <= elapsed < 4.0, elapsed
+        [row] = outbox(adb)
+        assert (row.state, row.attempts, row.claimed_until) == ("pending", 1, None)
+        assert "within 1 s" in row.last_error
+    finally:
+        slow.close()
+
+
+def test_lease_is_renewed_per_send_and_a_lost_row_is_not_sent(adb: Database, hook: Hook) -> None:
+    add_channel(adb, "slack", "webhook", {"url": hook.url})
+    queue(adb, make_alert(adb))
+    first = Notifier(adb, batch=5, deadline_s=2.0)
+    assert first.lease_s >= 5 * (2.0 + 20.0)  # a batch of sends at their worst fits in the claim's lease
+    [c] = first.claim(time.time_ns())
+    # the lease ran out (say DNS hung) and another server took the row: the first must not send it
+    [taken] = Notifier(adb).claim(c.lease + 1)
+    assert first.renew(c, time.time_ns()) is None
+    mine = Notifier(adb).renew(taken, time.time_ns())
+    assert mine is not None and mine.lease != taken.lease

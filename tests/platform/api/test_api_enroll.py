@@ -107,3 +107,32 @@ def test_agents_listing(platform: Platform, agent: EnrolledAgent) -> None:
     assert web["agent_id"] == agent.agent_id and web["host"]["kernel"] == "6.18.0"
     assert web["last_health"] is None and web["version"] == "0.1.0"
     assert isinstance(web["first_seen"], int) and isinstance(web["last_seen"], int)
+
+
+@pytest.mark.parametrize("hostname", ["", "web 1", "web-1\r\nInjected: x", "web*", "a" * 254, "wéb", "web/1", "[db]"])
+def test_hostnames_outside_rfc1123_are_refused(platform: Platform, agent: EnrolledAgent, hostname: str) -> None:
+    body = {"agent_version": "0.1.0", "host": {**host_facts(), "hostname": hostname}}
+    r = platform.client.post("/api/v1/enroll", headers=platform.auth(platform.creds.enrollment_token), json=body)
+    assert r.status_code == 400, r.text
+    assert "host.hostname" in r.json()["error"]
+    r = platform.client.put("/api/v1/agents/self", headers=platform.auth(agent.token), json=body)
+    assert r.status_code == 400, r.text
+    stored = platform.storage.get_agent(agent.agent_id)
+    assert stored is not None and stored.hostname == "web-1"
+
+
+@pytest.mark.parametrize("hostname", ["web-1", "db_2.example.com", "a" * 253, "localhost", "192.0.2.1"])
+def test_real_hostnames_enrol(platform: Platform, hostname: str) -> None:
+    body = {"agent_version": "0.1.0", "host": {**host_facts(), "hostname": hostname}}
+    r = platform.client.post("/api/v1/enroll", headers=platform.auth(platform.creds.enrollment_token), json=body)
+    assert r.status_code == 201, r.text
+
+
+def test_deeply_nested_body_is_400(platform: Platform, agent: EnrolledAgent) -> None:
+    body = b'{"x": ' + b"[" * 30_000 + b"]" * 30_000 + b', "host": {"hostname": "web-1"}}'
+    r = platform.client.post("/api/v1/enroll", content=body, headers={
+        **platform.auth(platform.creds.enrollment_token), "Content-Type": "application/json"})
+    assert r.status_code == 400 and "nested" in r.json()["error"]
+    r = platform.client.put("/api/v1/agents/self", content=body, headers={
+        **platform.auth(agent.token), "Content-Type": "application/json"})
+    assert r.status_code == 400 and "nested" in r.json()["error"]

@@ -203,7 +203,8 @@ def test_one_invalid_event_rejects_the_whole_batch(platform: Platform, agent: En
 
 def test_hostile_strings_are_stored_verbatim(platform: Platform, agent: EnrolledAgent) -> None:
     argv = ["sh", "-c", "<script>alert(1)</script>", "\x1b]0;pwned\x07", "back\\slash",
-            "\u202egnp.exe", "é\x00"]
+            "\u202egnp.exe", "é\x00", "\\u0000"]
     assert ingest(platform, agent, batch_body([exec_event(9, "/bin/sh", argv)]))[0] == 200
     r = platform.client.get("/api/v1/events", headers=platform.admin)
-    assert r.json()["events"][0]["event"]["process"]["argv"] == argv
+    # NUL, which PostgreSQL text cannot hold, becomes U+FFFD on both; the text "\u0000" stays
+    assert r.json()["events"][0]["event"]["process"]["argv"] == [*argv[:-2], "é\ufffd", "\\u0000"]

@@ -6,8 +6,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from authkit import PASSWORD, AuthPlatform, make_platform
 
-from conftest import PASSWORD, AuthPlatform, make_platform
 from heron.platform.api.context import PlatformConfig
 from heron.platform.auth.sessions import COOKIE_NAME
 from heron.platform.storage.db import Database

@@ -1,3 +1,2 @@
-"""Fixtures of the console tests: the browser ones live in tests/browser.py, shared with later pages."""
-
-from browser import chromium, console, page  # noqa: F401
+"""The console tests' browser fixtures come from tests/platform/conftest.py (tests/browser.py), defined
+once so that one chromium (one Playwright instance) serves every directory's browser tests."""

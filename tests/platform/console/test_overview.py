@@ -100,4 +100,4 @@ def test_overview_endpoint_needs_a_query_role(platform: Platform, agent: Enrolle
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["agents"]["total"] == 1 and body["recent_alerts"] == []
-    assert set(body) == {"agents", "events", "alerts", "recent_alerts", "time"}
+    assert set(body) == {"agents", "events", "alerts", "recent_alerts", "time", "ingest"}

@@ -63,18 +63,24 @@ def test_batch_becomes_nodes_and_edges(gdb: Database) -> None:
         (nginx, "listened", "listen:tcp:80", "agent-a"), (nginx, "resolved", "example.com", "agent-a"),
         (nginx, "wrote", "/var/log/nginx/*", "agent-a"), (nginx, "uses", "pkg:deb/debian/nginx", "agent-a"),
     }
-    # The same batch again: no new rows, counts add up, last_seen moves.
+    # The same batch again: no new rows, edge counts add up; an existing node is not written within
+    # REFRESH_NS of its last_seen (hot rows), its count waits in memory until the next refresh.
     later = [dict(e, ts=T0 + SEC) for e in server_batch(T0)]
     with gdb.begin() as conn:
         builder.update(conn, batch("agent-a", "web-1", T0 + SEC, *later))
     again = nodes(gdb)
     assert again.keys() == found.keys()
-    assert again[("cluster", nginx)].count == 2 and again[("cluster", nginx)].last_seen == T0 + SEC
+    assert again[("cluster", nginx)].count == 1 and again[("cluster", nginx)].last_seen == T0
+    minute = T0 + 61 * SEC
+    with gdb.begin() as conn:
+        builder.update(conn, batch("agent-a", "web-1", minute, *[dict(e, ts=minute) for e in server_batch(T0)]))
+    again = nodes(gdb)
+    assert again[("cluster", nginx)].count == 3 and again[("cluster", nginx)].last_seen == minute
     assert again[("cluster", nginx)].first_seen == T0
     assert len(edges(gdb)) == 11
     with gdb.read() as conn:
-        counts = {r.kind: r.count for r in conn.execute(sa.select(schema.graph_edges))}
-        assert counts["spawned"] == 2 and counts["listened"] == 2
+        counts = {r.kind: r._mapping["count"] for r in conn.execute(sa.select(schema.graph_edges))}
+        assert counts["spawned"] == 3 and counts["listened"] == 3
         center = found[("cluster", nginx)].id
         hood = neighbourhood(conn, center)
         assert hood["center"] == center and len(hood["edges"]) == 9

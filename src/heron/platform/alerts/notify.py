@@ -2,9 +2,13 @@
 
 A row is leased before it is sent (``claimed_until``): on PostgreSQL the claim is ``SELECT ... FOR
 UPDATE SKIP LOCKED``, so servers sharing the database claim different rows; on SQLite the write
-lock serialises claims. A lease that expires (a server died mid-send) makes the row due again, so
-delivery is at least once. Failures retry after ``backoff_s * 2**(attempts-1)`` (capped) until
-``max_attempts``, then the row is ``failed`` (counted in ``stats``).
+lock serialises claims. The claim's lease covers the whole batch at its worst (every send running
+to its deadline), and right before each send the row's lease is renewed only if it is still ours:
+a row whose lease ran out and that another server took is skipped, never sent twice at once. A
+lease that expires (a server died mid-send) makes the row due again, so delivery is at least once.
+Each row is settled on its own: whatever one send raises, the others go on. Failures retry after
+``backoff_s * 2**(attempts-1)`` (capped) until ``max_attempts``, then the row is ``failed`` (counted
+in ``stats``).
 
 ``run`` is the asyncio task the app's lifespan starts; the sending itself runs in a thread.
 """
@@ -12,6 +16,7 @@ delivery is at least once. Failures retry after ``backoff_s * 2**(attempts-1)`` 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -21,13 +26,14 @@ from typing import Any
 import anyio.to_thread
 import sqlalchemy as sa
 
-from heron.platform.alerts.senders import DeliveryError, send_syslog, send_webhook
+from heron.platform.alerts.senders import DEADLINE_S, DeliveryError, send_syslog, send_webhook
 from heron.platform.storage import schema as s
 from heron.platform.storage.db import Database, DatabaseUnavailable
 
 log = logging.getLogger("heron.platform.notify")
 NS = 10**9
 MAX_ERROR = 500
+RESOLVE_SLACK_S = 20.0  # name resolution is outside a send's deadline (the system resolver's own limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +49,19 @@ class Claimed:
 @dataclass
 class Notifier:
     db: Database
-    batch: int = 20
-    lease_s: float = 60.0
+    batch: int = 10
+    lease_s: float = 0.0  # 0: batch * (deadline_s + RESOLVE_SLACK_S), what a batch of stuck sends can take
     max_attempts: int = 8
     backoff_s: float = 5.0
     backoff_max_s: float = 3600.0
     poll_s: float = 2.0
-    timeout_s: float = 5.0
-    stats: dict[str, int] = field(default_factory=lambda: {"sent": 0, "retried": 0, "failed": 0})
+    timeout_s: float = 5.0  # per socket operation
+    deadline_s: float = DEADLINE_S  # per webhook send, in all
+    stats: dict[str, int] = field(default_factory=lambda: {"sent": 0, "retried": 0, "failed": 0, "lost": 0})
+
+    def __post_init__(self) -> None:
+        self.send_lease_s = max(self.deadline_s, self.timeout_s) + RESOLVE_SLACK_S
+        self.lease_s = max(self.lease_s, self.batch * self.send_lease_s)
 
     def claim(self, now: int) -> list[Claimed]:
         n = s.notifications
@@ -77,17 +88,29 @@ class Notifier:
                                json.loads(ch.config) if usable and ch is not None else {}, json.loads(r.payload)))
         return out
 
+    def renew(self, c: Claimed, now: int) -> Claimed | None:
+        """The row with a fresh lease for one send, or None when its lease is no longer ours."""
+        n = s.notifications
+        lease = now + int(self.send_lease_s * NS)
+        with self.db.begin() as conn:
+            done = conn.execute(sa.update(n).where(n.c.id == c.id, n.c.claimed_until == c.lease, n.c.state == "pending")
+                                .values(claimed_until=lease)).rowcount
+        return dataclasses.replace(c, lease=lease) if done else None
+
     def deliver(self, c: Claimed, now: int) -> str | None:
-        """None when delivered, else the reason."""
+        """None when delivered, else the reason (never raises: one bad receiver must not stall the rest)."""
         try:
             if c.kind == "webhook":
-                send_webhook(c.config, c.payload, self.timeout_s)
+                send_webhook(c.config, c.payload, self.timeout_s, self.deadline_s)
             elif c.kind == "syslog":
                 send_syslog(c.config, c.payload, now, self.timeout_s)
             else:
                 return "channel deleted or disabled"
         except DeliveryError as err:
             return str(err)
+        except Exception as err:
+            log.exception("notification %d: unexpected failure", c.id)
+            return f"{type(err).__name__}: {err}"
         return None
 
     def finish(self, c: Claimed, error: str | None, now: int) -> None:
@@ -115,8 +138,12 @@ class Notifier:
         """Claim, send and settle one batch of due rows; how many were handled."""
         claimed = self.claim(time.time_ns())
         for c in claimed:
-            error = self.deliver(c, time.time_ns())
-            self.finish(c, error, time.time_ns())
+            mine = self.renew(c, time.time_ns())
+            if mine is None:  # our lease ran out and another server has the row
+                self.stats["lost"] += 1
+                continue
+            error = self.deliver(mine, time.time_ns())
+            self.finish(mine, error, time.time_ns())
         return len(claimed)
 
     async def run(self) -> None:

@@ -32,6 +32,8 @@ MAX_EXECS = 5000
 MAX_TREE = 300
 MAX_TIMELINE_EVENTS = 500
 MAX_DETECTIONS = 500
+EXEC_LOOKBACK_NS = 30 * 86400 * 10**9  # an alert process's exec record: this long before the alert at most
+MAX_MEMBER_EXECS = 1000  # exec records read for the alert's own processes (a key execs again on each exec)
 
 
 def list_alerts(conn: Connection, *, state: Sequence[str] = (), severity: Sequence[str] = (), host: str | None = None,
@@ -66,9 +68,10 @@ def process_tree(conn: Connection, agent_id: str, members: Sequence[str], start:
                  flagged: set[str]) -> list[dict[str, Any]]:
     e = s.events.c
     nodes: dict[str, dict[str, Any]] = {}
-    rows = conn.execute(sa.select(e.ts, e.data).where(e.key.in_(list(members)), e.type == "process.exec",
-                                                      e.agent_id == agent_id).order_by(e.ts)).all()
-    for ts, data in rows:
+    rows = conn.execute(sa.select(e.ts, e.data).where(
+        e.key.in_(list(members)[:MAX_TREE]), e.type == "process.exec", e.agent_id == agent_id,
+        e.ts >= start - EXEC_LOOKBACK_NS, e.ts <= end).order_by(e.ts.desc()).limit(MAX_MEMBER_EXECS)).all()
+    for ts, data in reversed(rows):
         info = _exec_info(ts, data)
         if info is not None:
             nodes[info["key"]] = info  # the latest exec of a key wins (exec replaces the program)
@@ -81,7 +84,8 @@ def process_tree(conn: Connection, agent_id: str, members: Sequence[str], start:
     wanted = [k for k, _, _ in chain if k not in nodes]
     if wanted:
         for ts, data in conn.execute(sa.select(e.ts, e.data).where(
-                e.key.in_(wanted[:MAX_TREE]), e.type == "process.exec", e.agent_id == agent_id)).all():
+                e.key.in_(wanted[:MAX_TREE]), e.type == "process.exec", e.agent_id == agent_id, e.ts <= end)
+                .order_by(e.ts).limit(MAX_MEMBER_EXECS)).all():
             info = _exec_info(ts, data)
             if info is not None:
                 nodes[info["key"]] = info

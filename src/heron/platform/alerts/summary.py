@@ -12,10 +12,22 @@ MAX_COMMAND = 160
 MAX_SUMMARY = 400
 
 
+def _escape(c: str) -> str:
+    o = ord(c)
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+
+
 def printable(text: str) -> str:
+    """``text`` with control and other non-printable characters (CR, LF, ESC, U+2028, ...) escaped."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else f"\\x{ord(c) & 0xff:02x}" for c in text)
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def one_line(value: object) -> str:
+    """Any agent-provided value as one line of printable text: the helper for titles, notifications
+    and syslog lines (a CR/LF from an agent must not start a line of its own)."""
+    return printable(value if isinstance(value, str) else str(value))
 
 
 def _cut(text: str, limit: int) -> str:

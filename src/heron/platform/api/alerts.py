@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ T = TypeVar("T")
 MAX_BODY = 64 << 10
 MAX_TEXT = 1000
 MAX_INT = (1 << 63) - 1
+INT_RE = re.compile(r"-?[0-9]{1,19}\Z")
 
 
 def _db(request: Request) -> Database:
@@ -71,6 +73,8 @@ async def _body(request: Request) -> dict[str, Any]:
         body = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "body is not valid JSON") from None
+    except RecursionError:  # [[[[... : the parser's stack, not our problem to carry
+        raise ApiError(400, "body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "body must be a JSON object")
     return body
@@ -80,7 +84,7 @@ def _int_param(request: Request, name: str, default: int | None = None, lo: int 
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not (raw.isascii() and raw.lstrip("-").isdigit()) or len(raw) > 20:
+    if not INT_RE.match(raw):
         raise ApiError(400, f"{name} must be an integer")
     value = int(raw)
     if not lo <= value <= hi:
@@ -238,12 +242,13 @@ async def delete_suppression(request: Request) -> Response:
 # -- channels --------------------------------------------------------------------------------------
 
 async def list_channels(request: Request) -> Response:
-    await authenticate(request, QUERY_ROLES)
+    caller = await authenticate(request, QUERY_ROLES)
+    reveal = caller.kind in ADMIN_ROLES  # a webhook URL is a credential: readers see scheme://host/…
 
     def read(c: Connection) -> list[dict[str, Any]]:
         out = []
         for r in c.execute(sa.select(s.notification_channels).order_by(s.notification_channels.c.id)).mappings():
-            item = channels.channel_json(r)
+            item = channels.channel_json(r, reveal=reveal)
             counts = c.execute(sa.select(s.notifications.c.state, sa.func.count()).where(
                 s.notifications.c.channel_id == r["id"]).group_by(s.notifications.c.state)).all()
             item["notifications"] = {state: n for state, n in counts}
@@ -358,7 +363,7 @@ OPENAPI_PATHS: dict[str, object] = {
                 "expires_in_s": {"type": "number"}}})},
     "/api/v1/suppressions/{id}": {"delete": _op("Delete a suppression", admin=True, params=[_ID])},
     "/api/v1/channels": {
-        "get": _op("Notification channels with outbox counts"),
+        "get": _op("Notification channels with outbox counts (webhook URLs masked to scheme://host/… for readers)"),
         "post": _op("Add a webhook or syslog channel", admin=True, ok="201", body={
             "type": "object", "required": ["name", "kind", "config"], "properties": {
                 "name": {"type": "string"}, "kind": {"type": "string", "enum": list(channels.KINDS)},

@@ -105,17 +105,37 @@ async def _retention_loop(storage: Storage, config: PlatformConfig) -> None:
         await asyncio.sleep(config.retention_interval_s)
 
 
+PARTITION_INTERVAL_S = 3600.0  # PostgreSQL: the coming days' event partitions are made this often
+
+
+async def _partition_loop(storage: Storage) -> None:
+    """Keep the coming days' partitions made (PostgreSQL), whatever the retention: ingest never
+    creates tables, and an event past the last partition would land in the default one."""
+    maintain = getattr(storage, "maintain_partitions", None)
+    if maintain is None:
+        return
+    while True:
+        try:
+            made = await run_in_threadpool(maintain)
+            if made:
+                log.info("partitions: created %s", ", ".join(made))
+        except Exception:  # keep serving; the next round retries
+            log.exception("partition maintenance failed")
+        await asyncio.sleep(PARTITION_INTERVAL_S)
+
+
 def create_app(storage: Storage, config: PlatformConfig | None = None) -> Starlette:
     cfg = config or PlatformConfig()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         task = asyncio.create_task(_retention_loop(storage, cfg)) if cfg.retention_days > 0 else None
+        partitioner = asyncio.create_task(_partition_loop(storage))
         notifier = alerts.start_notifier(app.state.heron)
         try:
             yield
         finally:
-            for t in (task, notifier):
+            for t in (task, partitioner, notifier):
                 if t is not None:
                     t.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -143,6 +163,7 @@ def create_app(storage: Storage, config: PlatformConfig | None = None) -> Starle
         Route("/api/v1/tokens", users.list_tokens, methods=["GET"]),
         Route("/api/v1/tokens", users.add_token, methods=["POST"]),
         Route("/api/v1/tokens/{id}", users.revoke_token, methods=["DELETE"]),
+        Route("/api/v1/agents/{agent_id}/token", users.revoke_agent_token, methods=["DELETE"]),
         *(Route(path, fn, methods=[method]) for path, fn, method in alerts.ROUTES),
         *(Route(path, fn, methods=[method]) for path, fn, method in graph.ROUTES),
         Mount("/", StaticFiles(directory=CONSOLE_DIR, html=True), name="console"),

@@ -3,6 +3,9 @@
 Bearer tokens: only the SHA-256 of a token is stored. A token is looked up by its hash (hashing
 first means the lookup's timing says nothing about the token) and the stored hash is compared in
 constant time. A revoked or expired token is refused; ``last_used`` is written at most once a minute.
+A token made by a console user (through the API) is refused once that user is deleted or disabled,
+and its admin or enroll token once the user is no longer an admin (the store also revokes them then;
+the check here covers a user changed by other means).
 
 Console sessions (cookie ``heron_session``, see heron.platform.auth.sessions): the user's role is the
 caller's kind (admin or reader). A session request that changes something (any method but GET and
@@ -26,7 +29,7 @@ from starlette.requests import Request
 
 from heron.platform.api.context import ApiError, PlatformContext, context
 from heron.platform.auth.sessions import COOKIE_NAME, SessionPolicy, lookup_session
-from heron.platform.auth.store import AuthStore, SessionRow
+from heron.platform.auth.store import ADMIN_TOKEN_KINDS, ApiToken, AuthStore, SessionRow
 from heron.platform.storage.base import TokenKind, TokenRecord
 from heron.platform.storage.db import Database
 
@@ -77,11 +80,21 @@ def session_policy(ctx: PlatformContext) -> SessionPolicy:
     return SessionPolicy(idle_s=ctx.config.session_idle_s, max_s=ctx.config.session_max_s)
 
 
+def _owner_allows(store: AuthStore, token: ApiToken) -> bool:
+    """A token made by a user lives no longer than the user's right to make it."""
+    if token.user_id is None:  # made by the CLI or at first start: nobody's
+        return True
+    owner = store.get_user(token.user_id)
+    if owner is None or owner.disabled is not None:
+        return False
+    return owner.role == "admin" or token.kind not in ADMIN_TOKEN_KINDS
+
+
 def _check_token(store: AuthStore, digest: str) -> TokenRecord | None:
     found = store.find_token(digest)
     now = time.time_ns()
     if (found is None or not hmac.compare_digest(found.token_hash, digest) or found.revoked is not None
-            or (found.expires is not None and found.expires <= now)):
+            or (found.expires is not None and found.expires <= now) or not _owner_allows(store, found)):
         return None
     if found.last_used is None or found.last_used < now - TOUCH_INTERVAL_NS:
         store.touch_token(digest, now, now - TOUCH_INTERVAL_NS)

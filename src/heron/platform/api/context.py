@@ -16,7 +16,7 @@ import anyio.to_thread
 from starlette.requests import Request
 
 from heron.platform.alerts.runtime import AlertsRuntime
-from heron.platform.analysis import Pipeline
+from heron.platform.analysis import IngestStats, Pipeline
 from heron.platform.enrich import ContainerAddresses
 from heron.platform.graph import GraphBuilder
 from heron.platform.storage.base import Storage
@@ -39,10 +39,14 @@ class PlatformConfig:
     data_dir: Path | None = None
     baseline_learning_s: float = 86400.0  # a process cluster's learning window (docs/graph.md)
     anomaly_alert_min_score: float = 60.0  # weaker anomalies stay "new" graph edges without an alert
+    baseline_fleet_hosts: int = 2  # an edge new to a host is known when learned on this many other hosts
     session_idle_s: float = 12 * 3600.0  # console session ends after this long without a request
     session_max_s: float = 7 * 86400.0  # ... and this long after login in any case
     login_max_failures: int = 5  # failed logins per username + client address per window (per server)
     login_window_s: float = 60.0
+    login_max_user_failures: int = 20  # ... per username from all addresses (docs/auth.md)
+    login_max_waiting: int = 4  # logins queued for password hashing beyond the workers; more get 429
+    cookie_secure: bool | None = None  # session cookie Secure flag; None: iff the request is https
     # alerts (docs/alerts.md)
     rule_paths: tuple[str, ...] = ()  # user rule files/directories, loaded beside the default pack
     rules_check_interval_s: float = 2.0  # hot reload: how often ingest checks the rule files
@@ -52,6 +56,10 @@ class PlatformConfig:
     notify_poll_s: float = 2.0  # outbox polling when idle
     notify_max_attempts: int = 8  # then the notification is "failed"
     notify_backoff_s: float = 5.0  # first retry delay, doubled per attempt (capped at an hour)
+    alert_max_detections_per_batch: int = 500  # beyond: folded into the agent's "storm" alert
+    alert_max_new_per_agent_minute: int = 50  # new alerts per agent per minute (per server); beyond: storm
+    notify_max_per_channel_minute: int = 60  # outbox rows per channel per minute; then one "throttled" row
+    notify_deadline_s: float = 15.0  # a whole webhook send (the socket timeout is per operation)
 
 
 T = TypeVar("T")
@@ -91,6 +99,7 @@ class PlatformContext:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     alerts: AlertsRuntime | None = None  # rule engine + alert recorder (pipeline stages), notifier settings
     pipeline: Pipeline = field(default_factory=Pipeline)  # run by ingest inside the batch's transaction
+    ingest_stats: IngestStats = field(default_factory=IngestStats)  # analysis failures, future events
 
     @classmethod
     def create(cls, storage: Storage, config: PlatformConfig) -> PlatformContext:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Annotated, TypeVar
@@ -17,6 +18,10 @@ from heron.platform.storage.base import AgentRecord
 
 Short = Annotated[str, msgspec.Meta(max_length=256)]
 T = TypeVar("T")
+# What a host name can hold (RFC 1123 letters, digits, dots and hyphens, plus the underscore some
+# hosts use). Agents are untrusted: the name reaches alert titles, notifications, syslog lines and
+# suppression globs, so anything else is refused rather than cleaned.
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9._-]{1,253}\Z")
 
 
 class HostFacts(msgspec.Struct, kw_only=True):
@@ -46,11 +51,19 @@ async def _decode(request: Request, kind: type[T]) -> T:
         return msgspec.json.decode(body, type=kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise ApiError(400, f"invalid body: {e}") from None
+    except RecursionError:  # an unknown field nested [[[[... deeper than the decoder's stack
+        raise ApiError(400, "invalid body: nested too deeply") from None
+
+
+def _check_hostname(host: HostFacts) -> None:
+    if not HOSTNAME_RE.match(host.hostname):
+        raise ApiError(400, "host.hostname must be 1-253 characters among letters, digits, '.', '-' and '_'")
 
 
 async def enroll(request: Request) -> Response:
     await authenticate(request, ENROLL_ROLES)
     body = await _decode(request, EnrollRequest)
+    _check_hostname(body.host)
     now = time.time_ns()
     agent_id = uuid.uuid4().hex
     token = new_token()
@@ -71,6 +84,7 @@ async def enroll(request: Request) -> Response:
 async def update_self(request: Request) -> Response:
     record = await authenticate(request, AGENT_ROLES)
     body = await _decode(request, AgentUpdate)
+    _check_hostname(body.host)
     assert record.agent_id is not None  # agent tokens always name their agent
     found = await run_in_threadpool(
         context(request).storage.update_agent,

@@ -6,6 +6,11 @@ events must pass the schema. Decoding costs many times the decompressed size in 
 claiming too many events is refused before decoding, and few batches are decoded at once (the
 context's ``ingest_limiter``): a burst of requests queues instead of multiplying memory. A batch
 id already stored answers ``duplicate`` and stores nothing.
+
+Every string of a decoded event has NUL replaced by U+FFFD once, before anything else sees it
+(PostgreSQL text cannot hold NUL; SQLite could, but both must store and analyse the same thing).
+An analysis failure that a retry would not cure stores the batch anyway (200) and is counted
+(``IngestStats``); a transient database error answers 503 so the agent resends.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import re
 import struct
 import time
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
@@ -25,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from heron.platform import packages
-from heron.platform.analysis import Batch, Pipeline
+from heron.platform.analysis import FUTURE_SLACK_NS, Batch, Pipeline
 from heron.platform.api.auth import AGENT_ROLES, authenticate
 from heron.platform.api.context import ApiError, PlatformContext, context, read_body
 from heron.platform.enrich import classify_endpoints
@@ -101,9 +107,33 @@ def _ref_row(etype: str, ts: int, r: ProcessRef | None, text: str, data: bytes) 
     return EventRow(etype, ts, r.key or None, r.pid or None, r.exe or None, f"{r.exe} {text}", data)
 
 
-def event_row(event: AnyEvent) -> EventRow:
-    """The indexed columns of one event; ``cmdline`` is the text the events API searches."""
+def _without_nul(value: Any) -> Any:
+    """``value`` with NUL replaced by U+FFFD in every string it holds (structs, lists, dicts)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, msgspec.Struct):
+        return msgspec.structs.replace(value, **{f: _without_nul(getattr(value, f)) for f in value.__struct_fields__})
+    if isinstance(value, list | tuple):
+        return type(value)(_without_nul(v) for v in value)
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value
+
+
+def clean_event(event: AnyEvent) -> tuple[AnyEvent, bytes]:
+    """The event without NUL characters, and its JSON. Fast path: JSON escapes a NUL as \\u0000, so
+    an event whose JSON lacks that has none (the walk runs only for the rare one that may)."""
     data = to_json(event)
+    if b"\\u0000" not in data:
+        return event, data
+    event = _without_nul(event)
+    return event, to_json(event)
+
+
+def event_row(event: AnyEvent, data: bytes | None = None) -> EventRow:
+    """The indexed columns of one event (``data``: its JSON, when already encoded); ``cmdline`` is
+    the text the events API searches."""
+    data = to_json(event) if data is None else data
     if isinstance(event, ProcessExec):
         p = event.process
         return EventRow("process.exec", event.ts, p.key, p.pid, p.exe, " ".join([p.exe, *p.argv]), data)
@@ -137,17 +167,25 @@ def store_batch(ctx: PlatformContext, agent_id: str, batch_id: str, body: bytes)
         raise ApiError(400, f"invalid events: {str(e)[:_MAX_ERROR]}") from None
     del raw
     classify_endpoints(ctx.container_addresses(agent_id), events)
+    cleaned = [clean_event(e) for e in events]
+    events = [e for e, _ in cleaned]
     packages.ingest(ctx.storage, agent_id, events)  # before the batch is stored: a retry repairs a crash
-    rows = [event_row(e) for e in events]
+    rows = [event_row(e, data) for e, data in cleaned]
     health = [e for e in events if isinstance(e, AgentHealth)]
     last_health = to_json(max(health, key=lambda h: h.ts)) if health else None
-    del events, health
+    del events, health, cleaned
     now = time.time_ns()
+    analyse = _analyse(ctx.pipeline, agent_id, rows, now)
     try:
-        return ctx.storage.ingest_batch(agent_id, batch_id, rows, last_health, now,
-                                        analyse=_analyse(ctx.pipeline, agent_id, rows, now))
+        result = ctx.storage.ingest_batch(agent_id, batch_id, rows, last_health, now, analyse=analyse)
     except OverflowError:  # an integer (ts, pid) the schema allows but the database's int64 cannot hold
         raise ApiError(400, "invalid events: integer out of range (64-bit signed)") from None
+    if not result.duplicate:
+        # stored as sent (the agent's clock may be wrong); counted so that the skew is visible
+        ctx.ingest_stats.count_future(sum(1 for r in rows if r.ts > now + FUTURE_SLACK_NS))
+        if analyse is not None:
+            ctx.ingest_stats.analysed(agent_id, batch_id, result.analysis_error, now)
+    return result
 
 
 def _analyse(pipeline: Pipeline, agent_id: str, rows: list[EventRow], now: int) -> Callable[[Connection], None] | None:

@@ -1,9 +1,11 @@
 """GET /api/v1/overview: the console's first page in one query round.
 
 Agents (total, healthy, stale), events of the last 24 h per type, open alerts per severity and the
-most recent alerts. Every part reads an index: the 24 h count walks ``events_ts`` and stops after
-``EVENT_SCAN_CAP`` rows (a fleet sending more than that a day gets ``capped: true`` and lower
-bounds), so the page stays fast with millions of events stored.
+most recent alerts. Every part reads an index: the 24 h count reads only ``events_ts_type``
+(ts, type: a covering index) and stops after ``EVENT_SCAN_CAP`` rows (a fleet sending more than
+that a day gets ``capped: true`` and lower bounds), so the page stays fast with millions of events
+stored. ``ingest`` holds this server's ``IngestStats`` (batches stored without analysis because a
+stage failed, events stamped in the future), counted in memory since the server started.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ def read_overview(db: Database, now: int) -> dict[str, object]:
 async def get_overview(request: Request) -> Response:
     await authenticate(request, QUERY_ROLES)
     body = await run_in_threadpool(read_overview, _database(request), time.time_ns())
+    body["ingest"] = context(request).ingest_stats.snapshot()
     return JSONResponse(body)
 
 
@@ -116,6 +119,15 @@ OPENAPI_PATHS: dict[str, object] = {
                     "alerts": {"type": "object", "properties": {"open": _COUNTS, "acknowledged": _COUNTS}},
                     "recent_alerts": {"type": "array", "items": {"type": "object"}},
                     "time": {"type": "integer"},
+                    "ingest": {"type": "object", "description": "this server's counters since it started",
+                               "properties": {
+                                   "since": {"type": "integer"}, "batches_analysed": {"type": "integer"},
+                                   "analysis_failures": {"type": "integer", "description": "batches stored "
+                                                         "without analysis (a stage failed; see the log)"},
+                                   "last_analysis_error": {"type": "string"},
+                                   "last_analysis_failure": {"type": ["integer", "null"]},
+                                   "future_events": {"type": "integer", "description": "events stamped over "
+                                                     "an hour after their batch arrived"}}},
                 }}}}},
             "401": {"description": "no valid credentials"},
             "403": {"description": "role may not read"},

@@ -8,6 +8,7 @@ thread pool of its own: a flood of logins queues there instead of taking every A
 from __future__ import annotations
 
 import re
+import threading
 import time
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -27,9 +28,9 @@ from heron.platform.api.auth import (
     new_token,
     session_policy,
 )
-from heron.platform.api.context import ApiError, WorkLimiter, context, read_body
+from heron.platform.api.context import ApiError, PlatformConfig, WorkLimiter, context, read_body
 from heron.platform.auth import passwords
-from heron.platform.auth.ratelimit import LoginLimiter
+from heron.platform.auth.ratelimit import Attempt, LoginLimiter
 from heron.platform.auth.sessions import COOKIE_NAME, create_session, revoke_session, session_hash
 from heron.platform.auth.store import API_TOKEN_KINDS, AuthStore, Conflict, User
 
@@ -68,17 +69,34 @@ class NewToken(msgspec.Struct, forbid_unknown_fields=True):
     expires: Annotated[int, msgspec.Meta(ge=0)] | None = None  # ns since the epoch
 
 
+HASH_WORKERS = 2
+AGENT_ID_MAX = 128
+
+
 class _AuthState:
-    def __init__(self, max_failures: int, window_s: float) -> None:
-        self.limiter = LoginLimiter(max_failures, window_s)
-        self.hashing = WorkLimiter(2)
+    def __init__(self, cfg: PlatformConfig) -> None:
+        self.limiter = LoginLimiter(cfg.login_max_failures, cfg.login_window_s, cfg.login_max_user_failures)
+        self.hashing = WorkLimiter(HASH_WORKERS)
+        self.max_checks = HASH_WORKERS + cfg.login_max_waiting  # password checks hashing or queued
+        self._checks = 0
+        self._lock = threading.Lock()  # an app may serve from several event loops (tests)
+
+    def enter_check(self) -> bool:
+        with self._lock:
+            if self._checks >= self.max_checks:
+                return False
+            self._checks += 1
+            return True
+
+    def leave_check(self) -> None:
+        with self._lock:
+            self._checks -= 1
 
 
 def _state(request: Request) -> _AuthState:
     state = getattr(request.app.state, "heron_auth", None)
     if state is None:
-        cfg = context(request).config
-        state = request.app.state.heron_auth = _AuthState(cfg.login_max_failures, cfg.login_window_s)
+        state = request.app.state.heron_auth = _AuthState(context(request).config)
     assert isinstance(state, _AuthState)
     return state
 
@@ -126,25 +144,49 @@ def _check_login(store: AuthStore, username: str, password: str) -> User | None:
     return found[0]
 
 
+async def _password_check(request: Request, store: AuthStore, username: str, password: str,
+                          too_many: str) -> User | None:
+    """The user if ``password`` is theirs (and they are enabled), else None; rate limited. The attempt
+    is counted as a failure before hashing (so parallel guesses cannot all pass the limit) and
+    refunded on success; when too many checks are hashing or queued already: 429."""
+    state = _state(request)
+    attempt = state.limiter.reserve(username, _client(request), time.monotonic())
+    if not isinstance(attempt, Attempt):
+        raise ApiError(429, too_many, {"Retry-After": str(attempt)})
+    if not state.enter_check():
+        state.limiter.refund(attempt)
+        raise ApiError(429, "too many password checks at once: try again shortly", {"Retry-After": "1"})
+    try:
+        user = await state.hashing.run(_check_login, store, username, password)
+    except BaseException:
+        state.limiter.refund(attempt)  # no answer reached the caller: the attempt does not count
+        raise
+    finally:
+        state.leave_check()
+    if user is not None:
+        state.limiter.succeeded(attempt, time.monotonic())
+    return user
+
+
+def _secure_cookie(request: Request) -> bool:
+    forced = context(request).config.cookie_secure
+    return forced if forced is not None else request.url.scheme == "https"
+
+
 async def login(request: Request) -> Response:
     store = auth_store(request)
     body = await _decode(request, LoginRequest)
-    state, client = _state(request), _client(request)
-    wait = state.limiter.retry_after(body.username, client, time.monotonic())
-    if wait:
-        raise ApiError(429, "too many failed logins: try again later", {"Retry-After": str(wait)})
-    user = await state.hashing.run(_check_login, store, body.username, body.password)
+    user = await _password_check(request, store, body.username, body.password,
+                                 "too many failed logins: try again later")
     if user is None:
-        state.limiter.failed(body.username, client, time.monotonic())
         raise ApiError(401, "invalid username or password")
-    state.limiter.succeeded(body.username, client)
     ctx, now = context(request), time.time_ns()
     policy = session_policy(ctx)
     new = await run_in_threadpool(create_session, store, user.id, now, policy)
     await run_in_threadpool(store.record_login, user.id, now)
     response = JSONResponse({"user": _user_json(user), "csrf": new.csrf})
     response.set_cookie(COOKIE_NAME, new.cookie, max_age=int(policy.max_s), path="/", httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+                        samesite="strict", secure=_secure_cookie(request))
     return response
 
 
@@ -158,8 +200,7 @@ async def logout(request: Request) -> Response:
     check_csrf(request, session)
     await run_in_threadpool(revoke_session, auth_store(request), request.cookies.get(COOKIE_NAME, ""))
     response = Response(status_code=204)
-    response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict",
-                           secure=request.url.scheme == "https")
+    response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict", secure=_secure_cookie(request))
     return response
 
 
@@ -218,12 +259,9 @@ async def change_own_password(request: Request) -> Response:
     if record.user_id is None:
         raise ApiError(400, "a token has no password: log in as the user")
     body = await _decode(request, OwnPassword)
-    store, state, client = auth_store(request), _state(request), _client(request)
-    wait = state.limiter.retry_after(record.name, client, time.monotonic())
-    if wait:
-        raise ApiError(429, "too many wrong passwords: try again later", {"Retry-After": str(wait)})
-    if await state.hashing.run(_check_login, store, record.name, body.old_password) is None:
-        state.limiter.failed(record.name, client, time.monotonic())
+    store, state = auth_store(request), _state(request)
+    if await _password_check(request, store, record.name, body.old_password,
+                             "too many wrong passwords: try again later") is None:
         raise ApiError(403, "the old password is wrong")
     digest = await state.hashing.run(_hash_new, body.new_password)
     user_id = record.user_id
@@ -269,6 +307,19 @@ async def revoke_token(request: Request) -> Response:
     if len(found) > 1:
         raise ApiError(409, "ambiguous token id")
     await run_in_threadpool(store.revoke_token, found[0].token_hash, time.time_ns())
+    return Response(status_code=204)
+
+
+async def revoke_agent_token(request: Request) -> Response:
+    """Revoke an agent's tokens: its next request gets 401 (and the agent enrols again if it still
+    has a valid enrolment token)."""
+    await authenticate(request, ADMIN_ROLES)
+    agent_id = request.path_params["agent_id"]
+    if not (isinstance(agent_id, str) and 0 < len(agent_id) <= AGENT_ID_MAX):
+        raise ApiError(404, "no such agent")
+    revoked = await run_in_threadpool(auth_store(request).revoke_agent_tokens, agent_id, time.time_ns())
+    if revoked is None:
+        raise ApiError(404, "no such agent")
     return Response(status_code=204)
 
 
@@ -345,5 +396,11 @@ OPENAPI_PATHS: dict[str, object] = {
                         "description": "the first 16 hex digits of the token's SHA-256"}],
         "delete": {"summary": "Revoke an API token (admin).", "security": _SEC,
                    "responses": _ok(204, "revoked", *_ADMIN_ERR, (404, "no such token"))},
+    },
+    "/api/v1/agents/{agent_id}/token": {
+        "parameters": [{"name": "agent_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "delete": {"summary": "Revoke an agent's token (admin): its next ingest gets 401, so it must enrol "
+                              "again (rotate the enrolment token to keep it out).", "security": _SEC,
+                   "responses": _ok(204, "revoked (also when it already was)", *_ADMIN_ERR, (404, "no such agent"))},
     },
 }

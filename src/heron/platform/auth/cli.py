@@ -1,5 +1,6 @@
-"""``heron user ...`` and ``heron token ...``: manage console users and API tokens of a local platform
-directly in its database (``<data>/platform/heron.db``, or ``--database URL`` for PostgreSQL).
+"""``heron user ...`` and ``heron token ...``: manage console users and API tokens (and revoke an agent's
+token: ``heron token revoke --agent ID``) of a local platform directly in its database
+(``<data>/platform/heron.db``, or ``--database URL`` for PostgreSQL).
 
 The platform creates and migrates the database when it starts; these commands refuse a database
 that has no users table yet instead of creating one behind the migrations' back.
@@ -149,4 +150,12 @@ def token_revoke(store: AuthStore, token_id: str, out: TextIO | None = None) -> 
         print(f"revoked token {token_id}", file=out)
     else:
         print(f"token {token_id} was already revoked", file=out)
+    return 0
+
+
+def agent_token_revoke(store: AuthStore, agent_id: str, out: TextIO | None = None) -> int:
+    revoked = store.revoke_agent_tokens(agent_id, time.time_ns())
+    if revoked is None:
+        raise SystemExit(f"heron: no agent {agent_id!r} (the console's Hosts page shows agent ids)")
+    print(f"revoked the token of agent {agent_id}" if revoked else f"agent {agent_id} has no live token", file=out)
     return 0

@@ -3,10 +3,13 @@
 Only hashes are stored: scrypt for passwords, SHA-256 for session cookies and tokens. The "last
 enabled admin" rule is checked inside the transaction that would break it, with the admin rows
 locked on PostgreSQL, so two concurrent requests cannot each remove one of the last two admins.
+A user's API tokens are revoked in the transaction that disables or deletes the user (its admin and
+enroll tokens when it is demoted to reader).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +18,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from heron.platform.storage.db import Database
-from heron.platform.storage.schema import sessions, tokens, users
+from heron.platform.storage.schema import agents, sessions, tokens, users
 
 ROLES = ("admin", "reader")
 API_TOKEN_KINDS = ("admin", "reader", "enroll")  # what an admin may create; agent tokens come from enrolment
+ADMIN_TOKEN_KINDS = ("admin", "enroll")  # only an admin may hold these: a demoted user's are revoked
 
 
 class Conflict(Exception):
@@ -133,10 +137,15 @@ class AuthStore:
         if not left:
             raise Conflict("refused: this would leave no enabled admin user")
 
+    def _revoke_user_tokens(self, conn: Connection, user_id: int, now: int, kinds: Collection[str]) -> None:
+        conn.execute(sa.update(tokens).where(tokens.c.user_id == user_id, tokens.c.kind.in_(list(kinds)),
+                                             tokens.c.revoked.is_(None)).values(revoked=now))
+
     def update_user(self, user_id: int, now: int, *, role: str | None = None, password_hash: str | None = None,
                     disabled: bool | None = None) -> User | None:
         """Apply the given changes; None if there is no such user. Disabling ends the user's
-        sessions (after a password change the caller ends them with ``delete_user_sessions``)."""
+        sessions and revokes its tokens, demoting revokes its admin and enroll tokens (after a
+        password change the caller ends the sessions with ``delete_user_sessions``)."""
         values: dict[str, Any] = {}
         if role is not None:
             values["role"] = role
@@ -154,16 +163,22 @@ class AuthStore:
                 self._check_admin_left(conn)
             if disabled:
                 conn.execute(sa.delete(sessions).where(sessions.c.user_id == user_id))
+                self._revoke_user_tokens(conn, user_id, now, API_TOKEN_KINDS)
+            elif role is not None and role != "admin":
+                self._revoke_user_tokens(conn, user_id, now, ADMIN_TOKEN_KINDS)
             row = conn.execute(sa.select(*_USER_COLS).where(users.c.id == user_id)).one()
             return _user(row)
 
-    def delete_user(self, user_id: int) -> bool:
+    def delete_user(self, user_id: int, now: int | None = None) -> bool:
+        """Delete the user, its sessions, and revoke its tokens (kept, revoked, for the token list)."""
+        now = time.time_ns() if now is None else now
         with self.db.begin() as conn:
             self._lock_admins(conn)
             conn.execute(sa.delete(sessions).where(sessions.c.user_id == user_id))
             deleted = conn.execute(sa.delete(users).where(users.c.id == user_id)).rowcount
             if deleted:
                 self._check_admin_left(conn)
+                self._revoke_user_tokens(conn, user_id, now, API_TOKEN_KINDS)
             return bool(deleted)
 
     # -- sessions ------------------------------------------------------------------------------
@@ -236,6 +251,15 @@ class AuthStore:
         with self.db.read() as conn:
             return [_token(r) for r in conn.execute(
                 sa.select(tokens).where(tokens.c.token_hash.startswith(token_id, autoescape=True)).limit(2))]
+
+    def revoke_agent_tokens(self, agent_id: str, now: int) -> int | None:
+        """Revoke the agent's live tokens; how many, or None if there is no such agent."""
+        with self.db.begin() as conn:
+            if conn.execute(sa.select(agents.c.agent_id).where(agents.c.agent_id == agent_id)).first() is None:
+                return None
+            return int(conn.execute(sa.update(tokens).where(
+                tokens.c.agent_id == agent_id, tokens.c.kind == "agent", tokens.c.revoked.is_(None))
+                .values(revoked=now)).rowcount)
 
     def revoke_token(self, token_hash: str, now: int) -> bool:
         with self.db.begin() as conn:

@@ -1,10 +1,15 @@
-"""Per-cluster baselines: a learning window, then new behaviour is an anomaly scored by rarity.
+"""Per-cluster baselines: a learning window per (cluster, host), then new behaviour is an anomaly
+scored by rarity.
 
-A cluster learns from when the platform first sees it for ``learning_s`` (server time: the batch's
-``received``). Edges it makes meanwhile are ``learned``. Afterwards an edge of an anomaly kind
-(spawned, connected, listened, wrote) that the cluster has on no host of the fleet is ``new`` and
-raises one Detection; the same edge on another host later copies the fleet's baseline silently.
-``mark_expected`` folds an edge into the baseline fleet-wide; ``reset_learning`` opens a new window.
+A cluster learns on a host for ``learning_s`` from the ``first_seen`` of that host's ``runs`` edge
+(host -> cluster), i.e. on the host's own clock: an edge whose first event in the batch is earlier
+than that plus ``learning_s`` is ``learned`` (clock skew between agent and server cancels out). The
+cluster-wide ``baselines`` row (from the cluster's first sighting anywhere, server time) is the
+analyst's reset: while it is open the cluster learns on every host. After both windows an edge of
+an anomaly kind (spawned, connected, listened, wrote) new to a host is ``new`` and raises one
+Detection for that host, unless an analyst marked it expected or ``fleet_hosts`` other hosts have it
+learned. ``mark_expected`` folds an edge into the baseline fleet-wide; ``reset_learning`` opens a
+new cluster-wide window.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ ANOMALY_KINDS: dict[str, tuple[str, float]] = {
 }
 RARITY_WEIGHT = 40.0  # score added for a destination no other cluster reaches
 NS = 1_000_000_000
+BASELINED = ("learned", "expected")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +64,21 @@ def windows(conn: Connection, clusters: set[int], now: int, learning_s: float) -
 
 
 def rarity(conn: Connection, targets: set[tuple[int, str]]) -> dict[tuple[int, str], tuple[int, int]]:
-    """(dst, kind) -> (clusters, hosts) that already have such an edge (before this batch's inserts)."""
+    """(dst, kind) -> (clusters, hosts) that have such an edge in their baseline (learned or expected;
+    another host's unvetted 'new' edge makes nothing common), before this batch's inserts.
+    Filters on ``dst IN (..) AND kind IN (..)`` (index graph_edges_dst) and drops the cross product."""
     t = schema.graph_edges
     out: dict[tuple[int, str], tuple[int, int]] = {}
     for part in chunks(sorted(targets)):
+        wanted = set(part)
         stmt = (sa.select(t.c.dst, t.c.kind, sa.func.count(sa.distinct(t.c.src)),
                           sa.func.count(sa.distinct(t.c.agent_id)))
-                .where(sa.tuple_(t.c.dst, t.c.kind).in_(list(part))).group_by(t.c.dst, t.c.kind))
+                .where(t.c.dst.in_(sorted({d for d, _k in part})), t.c.kind.in_(sorted({k for _d, k in part})),
+                       t.c.baseline.in_(BASELINED))
+                .group_by(t.c.dst, t.c.kind))
         for dst, kind, n_clusters, n_hosts in conn.execute(stmt):
-            out[(int(dst), kind)] = (int(n_clusters), int(n_hosts))
+            if (int(dst), kind) in wanted:
+                out[(int(dst), kind)] = (int(n_clusters), int(n_hosts))
     return out
 
 
@@ -80,26 +92,35 @@ def score(kind: str, n_clusters: int) -> tuple[float, str, float]:
     return value, severity, rare
 
 
-def classify(edge: EdgeKey, agent_id: str, existing: dict[EdgeKey, dict[str, str]], window: Window | None,
-             now: int) -> tuple[str, bool]:
-    """(baseline, is_anomaly) of an edge this agent does not have yet."""
+def learning(edge_first: int, host_since: int | None, window: Window | None, now: int, learning_s: float) -> bool:
+    """Whether a cluster's edge first made at ``edge_first`` (event time) is made while the cluster
+    learns on this host: within ``learning_s`` of ``host_since`` (first_seen of the host's runs edge
+    to the cluster, event time: the same clock), or while the cluster-wide window (first sighting
+    or an analyst's reset, server time) is open."""
+    if window is None or window.learning(now):
+        return True
+    return host_since is None or edge_first < host_since + int(learning_s * NS)
+
+
+def classify(edge: EdgeKey, fleet: dict[str, int], learns: bool, fleet_hosts: int = 2) -> tuple[str, bool]:
+    """(baseline, is_anomaly) of an edge this agent does not have yet; ``learns``: made while its
+    cluster learns on this host (``learning``); ``fleet`` is the other hosts' copies ({baseline:
+    hosts}). Known: an analyst marked it expected, or ``fleet_hosts`` other hosts learned it (one
+    hostile or compromised host cannot make an edge silent fleet-wide)."""
     kind = edge[2]
-    if kind not in ANOMALY_KINDS or window is None or window.learning(now):
+    if kind not in ANOMALY_KINDS or learns:
         return "learned", False
-    fleet = existing.get(edge, {})
-    others = {b for a, b in fleet.items() if a != agent_id}
-    if "expected" in others:
+    if fleet.get("expected", 0) > 0:
         return "expected", False
-    if "learned" in others:
+    if fleet.get("learned", 0) >= fleet_hosts:
         return "learned", False
-    if others:
-        return "new", False  # already raised on another host
     return "new", True
 
 
 def reset_learning(conn: Connection, cluster_id: int, actor: str, now: int,
                    learning_s: float = 86400.0) -> dict[str, Any] | None:
-    """Restart a cluster's learning window at ``now``; None when no such cluster. Edges it already
+    """Restart a cluster's learning window at ``now`` on every host (a host's own window, from when
+    it started running the cluster, ends no earlier); None when no such cluster. Edges it already
     has keep their baseline; new ones during the window are learned."""
     nodes = schema.graph_nodes
     exists = conn.execute(sa.select(nodes.c.id).where(nodes.c.id == cluster_id, nodes.c.kind == "cluster")).first()

@@ -11,6 +11,9 @@ user first), else a cluster whose shape is "?" (unknown command line).
 from __future__ import annotations
 
 import json
+import sys
+import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,9 +27,10 @@ from heron.platform.storage import schema
 
 MAX_LOOKUPS = 500  # process keys looked up in the events table per batch
 MAX_FALLBACK_EXES = 64  # exes looked up among known clusters per batch
+MAX_GUESS_ROWS = 2000  # clusters read for them
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Cluster:
     exe: str
     user: str
@@ -57,23 +61,57 @@ def cluster_of_exec(process: dict[str, Any]) -> Cluster:
 
 
 class ClusterCache:
-    """(agent_id, process key) -> Cluster, least recently used evicted."""
+    """(agent_id, process key) -> Cluster, least recently used evicted; shared by a server's ingest
+    workers (locked). Equal clusters share one object (and agent ids one string), so an entry costs
+    little more than its key. Misses (no stored exec: the guess made then, or None) are remembered
+    for ``miss_ttl_ns`` of batch time, so such a process costs no lookups in every batch."""
 
-    def __init__(self, size: int = 200_000) -> None:
+    def __init__(self, size: int = 200_000, miss_ttl_ns: int = 60 * 1_000_000_000) -> None:
         self.size = size
+        self.miss_ttl_ns = miss_ttl_ns
+        self._lock = threading.Lock()
         self._items: OrderedDict[tuple[str, str], Cluster] = OrderedDict()
+        self._misses: OrderedDict[tuple[str, str], tuple[int, Cluster | None]] = OrderedDict()
+        self._shared: weakref.WeakValueDictionary[str, Cluster] = weakref.WeakValueDictionary()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get(self, agent_id: str, key: str) -> Cluster | None:
-        found = self._items.get((agent_id, key))
-        if found is not None:
-            self._items.move_to_end((agent_id, key))
-        return found
+        with self._lock:
+            found = self._items.get((agent_id, key))
+            if found is not None:
+                self._items.move_to_end((agent_id, key))
+            return found
 
     def put(self, agent_id: str, key: str, cluster: Cluster) -> None:
-        self._items[(agent_id, key)] = cluster
-        self._items.move_to_end((agent_id, key))
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        item = (sys.intern(agent_id), key)
+        with self._lock:
+            self._items[item] = self._shared.setdefault(cluster.key, cluster)
+            self._items.move_to_end(item)
+            self._misses.pop(item, None)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def miss(self, agent_id: str, key: str, now: int) -> tuple[bool, Cluster | None]:
+        """(True, guess) when this key missed less than the TTL ago."""
+        with self._lock:
+            found = self._misses.get((agent_id, key))
+            if found is None:
+                return False, None
+            if found[0] <= now - self.miss_ttl_ns:
+                del self._misses[(agent_id, key)]
+                return False, None
+            return True, found[1]
+
+    def put_miss(self, agent_id: str, key: str, guess: Cluster | None, now: int) -> None:
+        item = (sys.intern(agent_id), key)
+        with self._lock:
+            self._misses[item] = (now, None if guess is None else self._shared.setdefault(guess.key, guess))
+            self._misses.move_to_end(item)
+            while len(self._misses) > self.size // 4 or \
+                    (self._misses and next(iter(self._misses.values()))[0] <= now - self.miss_ttl_ns):
+                self._misses.popitem(last=False)
 
 
 def stored_execs(conn: Connection, agent_id: str, keys: Iterable[str]) -> dict[str, Cluster]:
@@ -96,21 +134,27 @@ def stored_execs(conn: Connection, agent_id: str, keys: Iterable[str]) -> dict[s
 
 
 def known_clusters(conn: Connection, exes: Iterable[str]) -> dict[str, list[tuple[Cluster, int]]]:
-    """Known clusters of each exe with their counts, most frequent first (cluster keys start with
-    "exe|"; LIKE rather than a key range, as PostgreSQL's locale collation does not order '|')."""
+    """Known clusters of each exe with their counts, most frequent first, at most ``MAX_GUESS_ROWS``
+    for the lot. Cluster keys start with "exe|": on SQLite (binary collation) that is the indexed
+    range [exe|, exe}); PostgreSQL's locale collation does not order '|' that way, so there it is a
+    LIKE over the cluster nodes (no index); the cache remembers the guess (ClusterCache.put_miss)."""
     nodes = schema.graph_nodes
     wanted = sorted(set(exes))[:MAX_FALLBACK_EXES]
     if not wanted:
         return {}
-    ranges = [nodes.c.key.startswith(f"{exe}|", autoescape=True) for exe in wanted]
-    rows = conn.execute(sa.select(nodes.c.key, nodes.c.count)
-                        .where(nodes.c.kind == "cluster", sa.or_(*ranges)).order_by(nodes.c.count.desc()))
+    if conn.dialect.name == "sqlite":
+        ranges = [sa.and_(nodes.c.kind == "cluster", nodes.c.key >= f"{exe}|", nodes.c.key < f"{exe}}}")
+                  for exe in wanted]
+    else:
+        ranges = [sa.and_(nodes.c.kind == "cluster", nodes.c.key.startswith(f"{exe}|", autoescape=True))
+                  for exe in wanted]
+    rows = conn.execute(sa.select(nodes.c.key, nodes.c.count).where(sa.or_(*ranges))
+                        .order_by(nodes.c.count.desc()).limit(MAX_GUESS_ROWS))
     out: dict[str, list[tuple[Cluster, int]]] = {}
     for key, count in rows:
         cluster = Cluster.parse(key)
-        if cluster.exe not in wanted:  # SQLite's LIKE ignores case
-            continue
-        out.setdefault(cluster.exe, []).append((cluster, int(count)))
+        if cluster.exe in wanted:
+            out.setdefault(cluster.exe, []).append((cluster, int(count)))
     return out
 
 

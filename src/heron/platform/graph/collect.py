@@ -26,7 +26,7 @@ from heron.platform.graph.clusters import (
     known_clusters,
     stored_execs,
 )
-from heron.platform.graph.keys import endpoint_key, fileclass, image_of, listen_key, package_key, user_of
+from heron.platform.graph.keys import bounded, endpoint_key, fileclass, image_of, listen_key, package_key, user_of
 
 NodeRef = tuple[str, str]  # (kind, key)
 EdgeRef = tuple[NodeRef, NodeRef, str]  # (src, dst, edge kind)
@@ -57,7 +57,7 @@ class BatchGraph:
 
     def node(self, kind: str, key: str, label: str, ts: int, attrs: dict[str, Any] | None = None,
              count: int = 1) -> NodeRef:
-        ref = (kind, key)
+        ref = (kind, bounded(key))  # keys made in keys.py are bounded already; users, containers here
         agg = self.nodes.get(ref)
         if agg is None:
             self.nodes[ref] = NodeAgg(label, attrs or {}, ts, ts, count)
@@ -146,20 +146,27 @@ class Collector:
             cached = self.cache.get(agent, key)
             if cached is not None:
                 resolved[key] = cached
-            else:
+                continue
+            recent, guess = self.cache.miss(agent, key, batch.received)
+            if not recent:
                 missing.append(key)
+            elif guess is not None:
+                resolved[key] = guess
         if missing:
             for key, cluster in stored_execs(conn, agent, missing).items():
                 resolved[key] = cluster
                 self.cache.put(agent, key, cluster)
-        guesses = [k for k in missing if k not in resolved and wanted[k].get("exe")]
-        if guesses:
-            known = known_clusters(conn, (str(wanted[k]["exe"]) for k in guesses))
-            for key in guesses:
-                ref = wanted[key]
+        unknown = [k for k in missing if k not in resolved]
+        guesses = [k for k in unknown if wanted[k].get("exe")]
+        known = known_clusters(conn, (str(wanted[k]["exe"]) for k in guesses)) if guesses else {}
+        for key in unknown:
+            ref = wanted[key]
+            guess = None
+            if ref.get("exe"):
                 exe = str(ref["exe"])
                 user = ref.get("user") if isinstance(ref.get("user"), str) else None
-                resolved[key] = best_guess(known.get(exe, []), exe, user, image_of(ref))
+                resolved[key] = guess = best_guess(known.get(exe, []), exe, user, image_of(ref))
+            self.cache.put_miss(agent, key, guess, batch.received)
         return resolved
 
     def _cluster(self, graph: BatchGraph, process: dict[str, Any] | None, resolved: dict[str, Cluster],

@@ -6,6 +6,7 @@ same place" is decided here, and tested on realistic inputs (tests/platform/grap
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import posixpath
 import re
@@ -30,6 +31,17 @@ _NAMED_FILES = frozenset({
     ".bash_history", ".zshrc", ".zsh_history", "passwd", "shadow", "group", "gshadow", "sudoers",
     "crontab", "ld.so.preload", "rc.local", "hosts", "resolv.conf",
 })
+
+
+MAX_KEY = 512  # characters of a node key: PostgreSQL refuses B-tree entries over ~2.7 KB
+
+
+def bounded(key: str) -> str:
+    """``key`` when short; else a prefix and a digest of the whole (a hostile agent picks exe paths,
+    file names and purls, and the node keys are indexed)."""
+    if len(key) <= MAX_KEY:
+        return key
+    return key[:400] + "#" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _generalise_token(token: str) -> str:
@@ -100,7 +112,7 @@ def cluster_key(exe: str, user: str, image: str, argv: list[str] | tuple[str, ..
     ``argv`` None means unknown (a process seen only through a network or file event whose exec
     record is not known): the shape is then "?"."""
     shape = "?" if argv is None else argv_shape(argv)
-    return f"{exe}|{user}|{image}|{shape}"
+    return bounded(f"{exe}|{user}|{image}|{shape}")
 
 
 def cluster_label(exe: str, user: str, argv_shape_text: str) -> str:
@@ -110,6 +122,10 @@ def cluster_label(exe: str, user: str, argv_shape_text: str) -> str:
 
 
 def fileclass(path: str) -> str:
+    return bounded(_fileclass(path))
+
+
+def _fileclass(path: str) -> str:
     """A path's class: its directory with per-user and numeric parts generalised.
 
     /etc/cron.d/job -> /etc/cron.d/*; /home/alice/.ssh/authorized_keys -> /home/*/.ssh/authorized_keys;
@@ -150,9 +166,9 @@ def endpoint_key(remote_addr: str, port: int, domain: str | None = None, remote_
     if remote_class == "loopback" or _is_loopback(remote_addr):
         return f"loopback:{port}"
     if domain:
-        return f"{domain.lower().rstrip('.')}:{port}"
+        return bounded(f"{domain.lower().rstrip('.')}:{port}")
     addr = f"[{remote_addr}]" if ":" in remote_addr else remote_addr
-    return f"{addr}:{port}"
+    return bounded(f"{addr}:{port}")
 
 
 def listen_key(protocol: str, port: int) -> str:
@@ -160,6 +176,10 @@ def listen_key(protocol: str, port: int) -> str:
 
 
 def package_key(purl: str) -> str:
+    return bounded(_package_key(purl))
+
+
+def _package_key(purl: str) -> str:
     """A purl without its version (and qualifiers): pkg:deb/debian/openssl@3.0.11?arch=amd64 ->
     pkg:deb/debian/openssl. A scoped npm name keeps its %40-encoded scope."""
     base = purl.split("?", 1)[0].split("#", 1)[0]

@@ -70,13 +70,16 @@ def neighbourhood(conn: Connection, node_id: int, host: str | None = None, limit
         .order_by(sa.func.max(e.c.last_seen).desc(), sa.func.min(e.c.id)).limit(limit)).all()
     per_edge: dict[tuple[int, int, str], list[tuple[str, str]]] = {}
     keys = [(int(g[0]), int(g[1]), g[2]) for g in groups]
-    for part in chunks(keys):
+    for part in chunks(keys):  # indexed IN lists, cross product dropped here (a row-value IN scans on SQLite)
+        wanted = set(part)
         stmt = sa.select(e.c.src, e.c.dst, e.c.kind, e.c.agent_id, e.c.baseline).where(
-            sa.tuple_(e.c.src, e.c.dst, e.c.kind).in_(list(part)))
+            e.c.src.in_(sorted({k[0] for k in part})), e.c.dst.in_(sorted({k[1] for k in part})),
+            e.c.kind.in_(sorted({k[2] for k in part})))
         if agents is not None:
             stmt = stmt.where(e.c.agent_id.in_(agents))
         for src, dst, kind, agent_id, baseline in conn.execute(stmt):
-            per_edge.setdefault((int(src), int(dst), kind), []).append((agent_id, baseline))
+            if (int(src), int(dst), kind) in wanted:
+                per_edge.setdefault((int(src), int(dst), kind), []).append((agent_id, baseline))
     all_agents = sorted({a for rows in per_edge.values() for a, _b in rows})
     hostnames = _hostnames(conn, all_agents)
     node_ids = {node_id} | {k[0] for k in keys} | {k[1] for k in keys}

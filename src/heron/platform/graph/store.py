@@ -1,13 +1,12 @@
-"""Upserts of a batch's aggregated nodes and edges (SQLite and PostgreSQL, SQLAlchemy Core).
+"""Upserts and lookups of a batch's aggregated edges (SQLite and PostgreSQL, SQLAlchemy Core).
 
-Rows go in sorted key order, so two servers writing overlapping batches lock rows in the same
-order and cannot deadlock. Each table gets one executemany INSERT .. ON CONFLICT DO UPDATE ..
-RETURNING (SQLAlchemy sends it as multi-row statements, compiled once and cached).
+Edge rows are per agent, so only batches of the same agent touch the same rows; they go in
+sorted key order (no deadlocks) as one executemany INSERT .. ON CONFLICT DO UPDATE .. RETURNING
+(SQLAlchemy sends it as multi-row statements, compiled once and cached). Nodes: nodes.py.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -16,7 +15,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
 
-from heron.platform.graph.collect import EdgeAgg, NodeAgg, NodeRef
+from heron.platform.graph.collect import EdgeAgg
 from heron.platform.storage import schema
 
 CHUNK = 500  # rows per statement / IN list
@@ -40,40 +39,42 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield items[i:i + size]
 
 
-def upsert_nodes(conn: Connection, nodes: dict[NodeRef, NodeAgg]) -> dict[NodeRef, int]:
-    """Insert or refresh nodes; returns their ids."""
-    t = schema.graph_nodes
-    rows = [{"kind": kind, "key": key, "label": agg.label, "attrs": json.dumps(agg.attrs, sort_keys=True),
-             "first_seen": agg.first, "last_seen": agg.last, "count": agg.count}
-            for (kind, key), agg in sorted(nodes.items())]
-    ids: dict[NodeRef, int] = {}
-    if not rows:
-        return ids
-    stmt = upsert(conn, t)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[t.c.kind, t.c.key],
-        set_={"last_seen": _later(t.c.last_seen, stmt.excluded.last_seen),
-              "first_seen": _earlier(t.c.first_seen, stmt.excluded.first_seen),
-              "count": t.c.count + stmt.excluded.count})
-    # executemany: one cached compilation, sent as multi-row statements in parameter order
-    for node_id, kind, key in conn.execute(stmt.returning(t.c.id, t.c.kind, t.c.key, sort_by_parameter_order=True),
-                                           rows):
-        ids[(kind, key)] = int(node_id)
-    return ids
-
-
 EdgeKey = tuple[int, int, str]  # (src id, dst id, kind)
 
 
-def existing_edges(conn: Connection, pairs: Iterable[tuple[int, int]]) -> dict[EdgeKey, dict[str, str]]:
-    """Stored edges between these (src, dst) pairs: (src, dst, kind) -> {agent_id: baseline}."""
+def _pair_chunks(edges: Iterable[EdgeKey]) -> Iterable[tuple[set[EdgeKey], list[int], list[int], list[str]]]:
+    """Edges in chunks of ``CHUNK`` with their src, dst and kind lists. Queries filter on
+    ``src IN (..) AND dst IN (..)`` (the unique index's leading columns) and drop the cross-product
+    rows in Python: a row-value ``(src, dst) IN (VALUES ..)`` makes SQLite scan the whole table."""
+    for part in chunks(sorted(set(edges))):
+        yield (set(part), sorted({e[0] for e in part}), sorted({e[1] for e in part}), sorted({e[2] for e in part}))
+
+
+def agent_edges(conn: Connection, agent_id: str, edges: Iterable[EdgeKey]) -> dict[EdgeKey, int]:
+    """The ones among these edges that this agent already has, with their first_seen."""
     t = schema.graph_edges
-    found: dict[EdgeKey, dict[str, str]] = {}
-    for part in chunks(sorted(set(pairs))):
-        rows = conn.execute(sa.select(t.c.src, t.c.dst, t.c.kind, t.c.agent_id, t.c.baseline)
-                            .where(sa.tuple_(t.c.src, t.c.dst).in_(list(part))))
-        for src, dst, kind, agent_id, baseline in rows:
-            found.setdefault((int(src), int(dst), kind), {})[agent_id] = baseline
+    found: dict[EdgeKey, int] = {}
+    for wanted, srcs, dsts, _kinds in _pair_chunks(edges):
+        rows = conn.execute(sa.select(t.c.src, t.c.dst, t.c.kind, t.c.first_seen)
+                            .where(t.c.src.in_(srcs), t.c.dst.in_(dsts), t.c.agent_id == agent_id))
+        for src, dst, kind, first in rows:
+            if (edge := (int(src), int(dst), kind)) in wanted:
+                found[edge] = int(first)
+    return found
+
+
+def fleet_edges(conn: Connection, agent_id: str, edges: Iterable[EdgeKey]) -> dict[EdgeKey, dict[str, int]]:
+    """Other agents' copies of these edges: edge -> {baseline: number of hosts}."""
+    t = schema.graph_edges
+    found: dict[EdgeKey, dict[str, int]] = {}
+    for wanted, srcs, dsts, kinds in _pair_chunks(edges):
+        rows = conn.execute(sa.select(t.c.src, t.c.dst, t.c.kind, t.c.baseline, sa.func.count())
+                            .where(t.c.src.in_(srcs), t.c.dst.in_(dsts), t.c.kind.in_(kinds), t.c.agent_id != agent_id)
+                            .group_by(t.c.src, t.c.dst, t.c.kind, t.c.baseline))
+        for src, dst, kind, baseline, hosts in rows:
+            edge = (int(src), int(dst), kind)
+            if edge in wanted:
+                found.setdefault(edge, {})[baseline] = int(hosts)
     return found
 
 

@@ -65,6 +65,9 @@ class StoredEvent:
 class IngestResult:
     accepted: int
     duplicate: bool
+    # The ``analyse`` hook failed for a non-transient reason: its work was rolled back (a savepoint),
+    # the events were stored anyway (a batch that always fails analysis must not block its agent).
+    analysis_error: BaseException | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +113,9 @@ class Storage(Protocol):
     ) -> IngestResult:
         """Store the batch and its events atomically; a batch id already stored changes nothing.
         Also refreshes the agent's last_seen and, when given, its last_health. ``analyse`` runs
-        inside the same transaction after the events are inserted, for a new batch only."""
+        inside the same transaction after the events are inserted, for a new batch only, in a
+        savepoint: a transient database error fails the whole batch (``DatabaseUnavailable``), any
+        other error rolls back only the analysis and is returned in ``analysis_error``."""
         ...
 
     def query_events(self, query: EventQuery) -> list[StoredEvent]: ...

@@ -3,7 +3,9 @@
 Every platform module talks SQL through a ``Database``: ``with db.begin() as conn`` for a write
 transaction, ``with db.read() as conn`` for reads. Statements are SQLAlchemy Core expressions over
 the tables of ``heron.platform.storage.schema``, so one code path serves both databases; the few
-places that differ (upserts, partitions) ask ``db.dialect``.
+places that differ (upserts, partitions) ask ``db.dialect``. Errors that may pass (connection lost,
+serialization failure, deadlock, a busy SQLite) become ``DatabaseUnavailable`` (answered 503, the
+agent resends); any other database error stays what it is (``is_transient``).
 
 SQLite: writes take ``BEGIN IMMEDIATE`` (a writer waits for the lock up front instead of failing
 half-way on an upgrade from a read lock) and are serialised in-process by a lock, so concurrent
@@ -30,6 +32,42 @@ Dialect = Literal["sqlite", "postgresql"]
 
 class DatabaseUnavailable(Exception):
     """The database cannot be reached or refused the work for a transient reason: retry later."""
+
+
+# SQLSTATEs worth a retry: connection exceptions (08*), serialization failure, deadlock, lock wait
+# timeout (our own ``lock_timeout``), too many connections, operator intervention (shutdown,
+# restart: 57P0*). Anything else (a value too large for an index, a constraint, a bug) fails
+# the same way on every retry, so it is a real error, not "unavailable".
+_TRANSIENT_STATES = ("40001", "40P01", "55P03", "53300")
+_TRANSIENT_CLASSES = ("08", "57P0")
+_SQLITE_TRANSIENT = ("database is locked", "database is busy", "database table is locked")
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a database error may go away on retry (the caller answers 503, an agent resends)."""
+    if isinstance(error, sa.exc.TimeoutError | sa.exc.DisconnectionError):  # pool exhausted, connection lost
+        return True
+    if not isinstance(error, sa.exc.DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    orig = error.orig
+    state = getattr(orig, "sqlstate", None)
+    if isinstance(state, str) and state:
+        return state in _TRANSIENT_STATES or state.startswith(_TRANSIENT_CLASSES)
+    if type(orig).__module__.startswith("psycopg"):
+        # no SQLSTATE: the client's own error (could not connect, connection closed)
+        return isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError)
+    code = getattr(orig, "sqlite_errorcode", None)  # sqlite3: SQLITE_BUSY (5), SQLITE_LOCKED (6)
+    if isinstance(code, int):
+        return code & 0xFF in (5, 6)
+    message = str(orig).lower()
+    return isinstance(error, sa.exc.OperationalError) and any(m in message for m in _SQLITE_TRANSIENT)
+
+
+def _unavailable(error: BaseException) -> DatabaseUnavailable:
+    orig = getattr(error, "orig", None)
+    return DatabaseUnavailable(str(orig) if orig is not None else str(error))
 
 
 def normalise_url(url: str) -> str:
@@ -94,8 +132,10 @@ class Database:
             else:
                 with self.engine.begin() as conn:
                     yield conn
-        except sa.exc.OperationalError as e:
-            raise DatabaseUnavailable(str(e.orig) if e.orig is not None else str(e)) from e
+        except (sa.exc.DBAPIError, sa.exc.TimeoutError, sa.exc.DisconnectionError) as e:
+            if is_transient(e):
+                raise _unavailable(e) from e
+            raise
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -103,8 +143,10 @@ class Database:
         try:
             with self.read_engine.begin() as conn:
                 yield conn
-        except sa.exc.OperationalError as e:
-            raise DatabaseUnavailable(str(e.orig) if e.orig is not None else str(e)) from e
+        except (sa.exc.DBAPIError, sa.exc.TimeoutError, sa.exc.DisconnectionError) as e:
+            if is_transient(e):
+                raise _unavailable(e) from e
+            raise
 
     # -- dialect helpers ---------------------------------------------------------------------------
     def insert(self, table: sa.Table) -> Any:

@@ -10,6 +10,8 @@ History (databases made by older releases exist, so this knowledge stays):
 2. package_scopes, packages, package_activity, listeners (heron.platform.packages).
 3. tokens gain name, user_id, last_used, expires (API tokens); users, sessions, the behaviour graph,
    baselines, alerts, detections, alert_log, suppressions, notification channels and notifications.
+4. events: index events_ts (ts) becomes events_ts_type (ts, type); partial index events_exec_key
+   (agent_id, key, ts) WHERE type = 'process.exec'.
 Releases before 3 had SQLite only, with hand-written DDL equivalent to the Core tables of schema.py.
 
 Rules for new migrations: append, never edit one that has shipped. A migration creates tables in
@@ -64,7 +66,14 @@ def _v3(conn: Connection) -> None:
             schema.notification_channels, schema.notifications)
 
 
-MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _v1), (2, _v2), (3, _v3))
+def _v4(conn: Connection) -> None:
+    for index in schema.events.indexes:
+        if index.name in ("events_ts_type", "events_exec_key"):
+            index.create(conn, checkfirst=True)
+    conn.exec_driver_sql("DROP INDEX IF EXISTS events_ts")  # events_ts_type serves every use of it
+
+
+MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _v1), (2, _v2), (3, _v3), (4, _v4))
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -75,13 +75,17 @@ events = sa.Table(
     sa.Column("exe", TEXT),
     sa.Column("cmdline", TEXT),  # exe + argv (or the event's text), for search
     sa.Column("data", TEXT, nullable=False),  # the event as JSON
-    sa.Index("events_ts", "ts"),
+    sa.Index("events_ts_type", "ts", "type"),  # time ranges; covers the overview's per-type count
     sa.Index("events_type_id", "type", "id"),
     sa.Index("events_agent_id", "agent_id", "id"),
     sa.Index("events_host_id", "hostname", "id"),
     sa.Index("events_key", "key"),
     sa.Index("events_pid", "pid"),
     sa.Index("events_exe", "exe"),
+    # A process's exec record by key (graph clusters, alert lineage and process tree); partial, so
+    # only process.exec rows pay for it.
+    sa.Index("events_exec_key", "agent_id", "key", "ts", sqlite_where=sa.text("type = 'process.exec'"),
+             postgresql_where=sa.text("type = 'process.exec'")),
 )
 
 # -- packages (heron.platform.packages) -------------------------------------------------------------

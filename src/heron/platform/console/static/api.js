@@ -54,16 +54,12 @@ export async function api(path, params, method, body) {
 
 // -- signing in and out ---------------------------------------------------------------------------
 
-// The caller's identity for a bearer token: GET /api/v1/session answers it when the platform can;
-// otherwise the token list (admins only) tells an admin token from a reader one. If neither says, the
-// role stays unknown: actions show, and the platform refuses them with 403 if not allowed.
+// The caller's identity for a bearer token: the token list (admins only) tells an admin token from a
+// reader one. (Not GET /api/v1/session: it answers for the session cookie, which may belong to someone
+// else.) If the probe does not say, the role stays unknown: actions show, and the platform refuses
+// them with 403 if not allowed.
 async function tokenIdentity() {
   try {
-    const resp = await request("GET", "session");
-    if (resp.ok) {
-      const body = await resp.json();
-      if (body && body.user) return body.user;
-    }
     const probe = await request("GET", "tokens", { limit: 1 });
     if (probe.ok) return { username: "API token", role: "admin" };
     if (probe.status === 403) return { username: "API token", role: "reader" };
@@ -71,14 +67,38 @@ async function tokenIdentity() {
   return { username: "API token", role: null };
 }
 
+// Who is signed in before a "#token=" link is followed: a description, or null for nobody.
+async function signedInAs() {
+  if (sessionStorage.getItem(TOKEN_KEY)) return "an API token";
+  try {
+    const resp = await request("GET", "session");  // auth.token is not set yet: the cookie answers
+    if (resp.ok) {
+      const body = await resp.json();
+      return body && body.user ? body.user.username + " (" + body.user.role + ")" : "a session";
+    }
+  } catch (e) { /* nobody, as far as we can tell */ }
+  return null;
+}
+
+// A "#token=" link signs in silently only when nobody is signed in (the link `heron up` prints).
+// Otherwise a crafted link would swap the user's own session for the attacker's token (login CSRF),
+// so the user is asked first.
+async function acceptLinkToken(token) {
+  if (sessionStorage.getItem(TOKEN_KEY) === token) return true;
+  const current = await signedInAs();
+  if (current === null) return true;
+  return window.confirm("This link signs the console in with an API token instead of " + current +
+                        ". Only accept if you made this link (e.g. heron up printed it).\n\nUse the link's token?");
+}
+
 // Resume a session: a token from the fragment or sessionStorage, else the session cookie.
 export async function resume() {
   const params = new URLSearchParams(location.hash.slice(1));
   const fromFragment = params.get("token");
   if (fromFragment) {
-    sessionStorage.setItem(TOKEN_KEY, fromFragment);
-    // Do not leave the token in the address bar or the history.
+    // Do not leave the token in the address bar or the history, whatever is decided below.
     history.replaceState(null, "", location.pathname + location.search + "#/overview");
+    if (await acceptLinkToken(fromFragment)) sessionStorage.setItem(TOKEN_KEY, fromFragment);
   }
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) {

@@ -41,6 +41,11 @@ function parseRoute() {
 
 function route() {
   if (!auth.user) return;
+  if (new URLSearchParams(location.hash.slice(1)).has("token")) {
+    // A "#token=" link opened in this tab after sign-in: the page reload path (resume) decides about
+    // tokens; here it is only kept out of the address bar and the history.
+    history.replaceState(null, "", location.pathname + location.search + "#/overview");
+  }
   if (cleanup) { cleanup(); cleanup = null; }
   const { name, args, params } = parseRoute();
   let page = PAGES[name];

@@ -60,10 +60,15 @@ function actions(ctx, a, reload) {
   buttons.push(el("button", { type: "button", className: "action", dataset: { action: "Suppress similar" },
     onclick: () => ctx.guard(async () => {
       await api("suppressions", null, "POST", { name: "similar to alert " + a.id + ": " + (a.title || a.rule),
-        rule: a.rule || "", hostname: a.host || "", note: note.value.trim() });
+        rule: a.rule || "", hostname: exactGlob(a.host || ""), note: note.value.trim() });
       out.textContent = "Suppress similar: done";
     }) }, "Suppress similar"));
   return el("div", { className: "actions", id: "alert-actions" }, ...buttons, note, out);
+}
+
+// A suppression's hostname is a glob: this host only, so its * ? [ are matched literally ([*] [?] [[]).
+export function exactGlob(name) {
+  return name.replace(/[*?[]/g, (c) => "[" + c + "]");
 }
 
 export async function render(root, ctx) {
