@@ -755,10 +755,12 @@ def test_fanotify_reports_reads_of_credential_files_with_the_reader(host: Host, 
     try:
         r.begin()
         pid = run_child(f"""
+            import time
             for _ in range(3):
                 open({str(w / "id_test")!r}).read()
             open({str(w / "id_test.pub")!r}).read()
             open({str(w / "other")!r}).read()
+            time.sleep(0.3)  # alive while the agent reads the queue (a reader gone within ~1 ms is named by pid only)
         """)
         got = r.wait(lambda e: e.action == "read")
         time.sleep(0.3)
@@ -767,6 +769,8 @@ def test_fanotify_reports_reads_of_credential_files_with_the_reader(host: Host, 
         ev = got[0]
         assert ev.path == str(w / "id_test") and ev.rule == "credential-read" and ev.count >= 1
         assert ev.process is not None and ev.process.pid == pid
+        # Read at once from /proc: the reader may be gone before the enricher looks.
+        assert ev.process.exe == os.path.realpath(CHILD_PYTHON) and ev.process.comm.startswith("python")
         assert not r.changes(lambda e: e.path.endswith(("other", ".pub")))
         assert r.counter("read_marks") == 1
         # Replaced by rename (as useradd/passwd replace /etc/shadow) and created anew: still watched.
@@ -784,5 +788,21 @@ def test_fanotify_reports_reads_of_credential_files_with_the_reader(host: Host, 
         later = r.wait(lambda e: e.action == "read" and e.process is not None and e.process.pid == pid3, count=2)
         assert {e.path for e in later} == {str(w / "id_test"), str(w / "id_new")}
         assert pid2 != pid3
+        # A forked child that never execs (cron's job runner, a daemon's PAM helper) reads and exits at
+        # once: it is named by the binary it runs, its parent's.
+        parent = run_child(f"""
+            import os
+            child = os.fork()
+            if child == 0:
+                import time
+                open({str(w / "id_test")!r}).read()
+                time.sleep(0.3)
+                os._exit(0)
+            os.waitpid(child, 0)
+            print(child, flush=True)
+        """)
+        forked = r.wait(lambda e: e.action == "read" and e.process is not None and e.process.ppid == parent)
+        assert forked[0].process is not None and forked[0].process.exe == os.path.realpath(CHILD_PYTHON)
+        assert forked[0].process.pid != parent
     finally:
         r.end()

@@ -222,11 +222,11 @@ class FileCore:
             self.count("read_flushes")
             self._flush_reads(mono, everything=True)
         window = int(self.config.coalesce_s * 1e9)
-        self._reads[(path, pid)] = [ts, ts, 1, rule.name, mono + window]
+        self._reads[(path, pid)] = [ts, ts, 1, rule.name, mono + window, *_reader(pid)]
 
     def _flush_reads(self, mono: int, everything: bool = False) -> None:
         out: list[Event] = []
-        for k, (first, last, n, rule, due) in list(self._reads.items()):
+        for k, (first, last, n, rule, due, exe, comm, ppid) in list(self._reads.items()):
             if not everything and due > mono:
                 continue
             del self._reads[k]
@@ -234,7 +234,8 @@ class FileCore:
             shown, escaped = display_path(path)
             out.append(FileChange(
                 ts=first, source=self.name, path=shown, path_escaped=escaped, action=READ, actions=[READ],
-                attribution="process" if pid > 0 else "unknown", process=ProcessRef(pid=pid) if pid > 0 else None,
+                attribution="process" if pid > 0 else "unknown",
+                process=ProcessRef(pid=pid, exe=exe, comm=comm, ppid=ppid) if pid > 0 else None,
                 rule=rule, count=n, first_ts=first if n > 1 else 0, last_ts=last if n > 1 else 0))
         if out:
             self.count("emitted", len(out))
@@ -467,6 +468,26 @@ class FileCore:
         with contextlib.suppress(Exception):
             store.flush()
         return n
+
+
+def _reader(pid: int) -> tuple[str, str, int]:
+    """(exe, comm, ppid) of a process that opened a read-watched file, read at once: readers of
+    credentials are often forked children that never exec (cron's job runner, PAM helpers in a
+    daemon), so the agent's exec table does not know them and they are gone 300 ms later. A few
+    syscalls per (file, reader) pair, on the rare files a read watch names."""
+    if pid <= 0:
+        return "", "", 0
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read(4096)
+    except OSError:
+        return "", "", 0
+    head, _, tail = stat_line.rpartition(b")")
+    comm = head.partition(b"(")[2].decode("utf-8", "replace")
+    fields = tail.split()
+    ppid = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
+    return exe, comm, ppid  # a deleted binary keeps its " (deleted)": no allow-list excuses it
 
 
 def entry_path(directory: bytes, name: bytes) -> bytes:
