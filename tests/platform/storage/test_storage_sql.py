@@ -89,6 +89,8 @@ def test_old_sqlite_database_is_upgraded_and_keeps_its_data(tmp_path: Path, vers
         assert sorted(versions) == [n for n, _ in MIGRATIONS]
         assert {"events_ts_type", "events_exec_key"} <= indexes and "events_ts" not in indexes  # migration 4
         assert token.name == "" and token.user_id is None and token.expires is None
+        with store.db.read() as conn:  # migration 5 counted the events already stored, per hour
+            assert conn.execute(sa.select(schema.event_counts)).all() == [(0, "process.exec", "a1", 1)]
         assert store.find_token("h1") is not None and store.find_token("h2").revoked == 5  # type: ignore[union-attr]
         assert store.has_batch("a1", "b1")
         assert [e.data for e in store.query_events(EventQuery(exe="sh"))] == [b'{"ts":7}']

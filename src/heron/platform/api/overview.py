@@ -1,11 +1,11 @@
 """GET /api/v1/overview: the console's first page in one query round.
 
 Agents (total, healthy, stale), events of the last 24 h per type, open alerts per severity and the
-most recent alerts. Every part reads an index: the 24 h count reads only ``events_ts_type``
-(ts, type: a covering index) and stops after ``EVENT_SCAN_CAP`` rows (a fleet sending more than
-that a day gets ``capped: true`` and lower bounds), so the page stays fast with millions of events
-stored. ``ingest`` holds this server's ``IngestStats`` (batches stored without analysis because a
-stage failed, events stamped in the future), counted in memory since the server started.
+most recent alerts. Every part reads an index or a small table: the 24 h count sums the hourly
+counters ingest keeps (``event_counts``), so the page costs the same with millions of events stored
+(``capped`` stays in the answer for compatibility and is always false). ``ingest`` holds this
+server's ``IngestStats`` (batches stored without analysis because a stage failed, events stamped in
+the future), counted in memory since the server started.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from heron.platform.alerts.rows import alert_json
 from heron.platform.api.auth import QUERY_ROLES, authenticate
 from heron.platform.api.context import ApiError, context
 from heron.platform.storage.db import Database
-from heron.platform.storage.schema import agents, alerts, events
+from heron.platform.storage.migrations import HOUR_NS
+from heron.platform.storage.schema import agents, alerts, event_counts
 
 DAY_NS = 86_400 * 10**9
 STALE_NS = 5 * 60 * 10**9  # an agent that has sent nothing (not even health) for this long is stale
-EVENT_SCAN_CAP = 1_000_000  # rows of the 24 h window counted at most
 RECENT_ALERTS = 10
 LOSS_WORDS = ("drop", "lost", "error")  # health counters that mean the agent lost data
 
@@ -46,16 +46,16 @@ def _losses(last_health: str | None) -> bool:
                for k, v in counters.items())
 
 
-def events_per_type(conn: Connection, since: int, cap: int = EVENT_SCAN_CAP) -> tuple[dict[str, int], bool]:
-    """Events with ts >= since, counted per type; at most ``cap`` rows are read (newest first)."""
-    window = (sa.select(events.c.type).where(events.c.ts >= since)
-              .order_by(events.c.ts.desc()).limit(cap).subquery())
-    stmt = sa.select(window.c.type, sa.func.count()).group_by(window.c.type)
-    counts = {str(t): int(n) for t, n in conn.execute(stmt)}
-    return counts, sum(counts.values()) >= cap
+def events_per_type(conn: Connection, since: int) -> dict[str, int]:
+    """Events per type from the hour holding ``since`` on, from the hourly counters ingest keeps
+    (event_counts): a few rows per hour, however many events are stored. By event time, so the
+    window is up to an hour wider than 24 h."""
+    c = event_counts.c
+    stmt = (sa.select(c.type, sa.func.sum(c.n)).where(c.hour >= since - since % HOUR_NS).group_by(c.type))
+    return {str(t): int(n) for t, n in conn.execute(stmt)}
 
 
-def overview(conn: Connection, now: int, *, stale_ns: int = STALE_NS, cap: int = EVENT_SCAN_CAP,
+def overview(conn: Connection, now: int, *, stale_ns: int = STALE_NS,
              recent: int = RECENT_ALERTS) -> dict[str, object]:
     total = healthy = stale = 0
     for last_seen, last_health in conn.execute(sa.select(agents.c.last_seen, agents.c.last_health)):
@@ -64,7 +64,7 @@ def overview(conn: Connection, now: int, *, stale_ns: int = STALE_NS, cap: int =
             stale += 1
         elif not _losses(last_health):
             healthy += 1
-    per_type, capped = events_per_type(conn, now - DAY_NS, cap)
+    per_type = events_per_type(conn, now - DAY_NS)
     by_state: dict[str, dict[str, int]] = {"open": {}, "acknowledged": {}}
     stmt = (sa.select(alerts.c.state, alerts.c.severity, sa.func.count())
             .where(alerts.c.state.in_(list(by_state))).group_by(alerts.c.state, alerts.c.severity))
@@ -73,7 +73,7 @@ def overview(conn: Connection, now: int, *, stale_ns: int = STALE_NS, cap: int =
     rows = conn.execute(sa.select(alerts).order_by(alerts.c.last_ts.desc(), alerts.c.id.desc()).limit(recent))
     return {
         "agents": {"total": total, "healthy": healthy, "stale": stale, "stale_after_ns": stale_ns},
-        "events": {"last_24h": per_type, "since": now - DAY_NS, "capped": capped},
+        "events": {"last_24h": per_type, "since": now - DAY_NS, "capped": False},
         "alerts": by_state,
         "recent_alerts": [alert_json(r._mapping) for r in rows],
         "time": now,

@@ -42,6 +42,9 @@ def _create(conn: Connection, *tables: sa.Table) -> None:
             table.create(conn, checkfirst=True)
 
 
+HOUR_NS = 3600 * 1_000_000_000
+
+
 def _add_columns(conn: Connection, table: sa.Table, *names: str) -> None:
     present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
     for name in names:
@@ -73,7 +76,16 @@ def _v4(conn: Connection) -> None:
     conn.exec_driver_sql("DROP INDEX IF EXISTS events_ts")  # events_ts_type serves every use of it
 
 
-MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _v1), (2, _v2), (3, _v3), (4, _v4))
+def _v5(conn: Connection) -> None:
+    _create(conn, schema.event_counts)
+    e, hour = schema.events.c, HOUR_NS
+    bucket = (e.ts - e.ts % hour).label("hour")  # ns timestamps are positive: floor to the hour
+    counts = sa.select(bucket, e.type, e.agent_id, sa.func.count()).group_by(bucket, e.type, e.agent_id)
+    conn.execute(sa.insert(schema.event_counts).from_select(["hour", "type", "agent_id", "n"], counts))
+
+
+MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5))
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -88,6 +88,14 @@ events = sa.Table(
              postgresql_where=sa.text("type = 'process.exec'")),
 )
 
+event_counts = sa.Table(
+    "event_counts", metadata,  # events per hour, type and agent, kept by ingest (the overview reads these)
+    sa.Column("hour", NS(), primary_key=True),  # start of the hour, ns
+    sa.Column("type", TEXT, primary_key=True),
+    sa.Column("agent_id", TEXT, primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False, server_default="0"),
+)
+
 # -- packages (heron.platform.packages) -------------------------------------------------------------
 
 package_scopes = sa.Table(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ from heron.platform.storage.base import (
     TokenRecord,
 )
 from heron.platform.storage.db import Database, DatabaseUnavailable, is_transient
+from heron.platform.storage.migrations import HOUR_NS
 from heron.platform.storage.schema import (
     agents,
     alert_log,
@@ -45,6 +47,7 @@ from heron.platform.storage.schema import (
     baselines,
     batches,
     detections,
+    event_counts,
     graph_edges,
     graph_nodes,
     notifications,
@@ -196,12 +199,22 @@ class SqlStorage:
                     {"agent_id": agent_id, "hostname": host, "type": indexed_text(e.type), "ts": e.ts,
                      "key": indexed_text(e.key), "pid": e.pid, "exe": indexed_text(e.exe),
                      "cmdline": _text(e.cmdline), "data": e.data.decode()} for e in events])
+                self._count_events(c, agent_id, events)
             values: dict[str, Any] = {"last_seen": now}
             if last_health is not None:
                 values["last_health"] = last_health.decode()
             c.execute(sa.update(agents).where(agents.c.agent_id == agent_id).values(**values))
             analysis_error = self._analyse(c, analyse) if analyse is not None else None
         return IngestResult(accepted=len(events), duplicate=False, analysis_error=analysis_error)
+
+    def _count_events(self, conn: Connection, agent_id: str, events: list[EventRow]) -> None:
+        """Add the batch to the hourly per-type counters (sorted: concurrent servers lock rows in one order)."""
+        counts = Counter((e.ts - e.ts % HOUR_NS, indexed_text(e.type)) for e in events)
+        ins = self.db.insert(event_counts)
+        stmt = ins.on_conflict_do_update(index_elements=["hour", "type", "agent_id"],
+                                         set_={"n": event_counts.c.n + ins.excluded.n})
+        conn.execute(stmt, [{"hour": h, "type": t, "agent_id": agent_id, "n": n}
+                            for (h, t), n in sorted(counts.items())])
 
     @staticmethod
     def _analyse(conn: Connection, analyse: Callable[[Connection], None]) -> Exception | None:
@@ -261,6 +274,7 @@ class SqlStorage:
         deleted += self._delete_in_chunks(ts)
         with self.db.begin() as c:
             c.execute(sa.delete(batches).where(batches.c.received_at < ts))
+            c.execute(sa.delete(event_counts).where(event_counts.c.hour < ts - ts % HOUR_NS))
         self.prune_analysis(ts, time.time_ns() if now is None else now)
         return deleted
 
