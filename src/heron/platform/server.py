@@ -24,7 +24,7 @@ import uvicorn
 from heron.platform.api.app import create_app
 from heron.platform.api.auth import hash_token, new_token
 from heron.platform.api.context import PlatformConfig
-from heron.platform.auth.bootstrap import ensure_admin_user
+from heron.platform.auth.bootstrap import ensure_admin_user, write_secret
 from heron.platform.storage.base import Storage, TokenKind
 from heron.platform.storage.db import Database
 from heron.platform.storage.sql import SqlStorage
@@ -44,15 +44,6 @@ class Credentials:
     enrollment_token: str
 
 
-def _write_secret(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
-
-
 def ensure_token(storage: Storage, path: Path, kind: TokenKind) -> str:
     """The token kept in ``path``: reused when still valid, else created. Only the file's path is
     logged: log files travel further than a mode-0600 file."""
@@ -69,7 +60,7 @@ def ensure_token(storage: Storage, path: Path, kind: TokenKind) -> str:
             return token
     token = new_token()
     storage.add_token(hash_token(token), kind, None, time.time_ns())
-    _write_secret(path, token)
+    write_secret(path, token)
     log.warning("created %s token in %s", kind, path)
     return token
 

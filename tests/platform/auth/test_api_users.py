@@ -206,3 +206,12 @@ def test_login_flow_on_postgresql(pg_plat: AuthPlatform) -> None:
         == 201
     assert c.delete("/api/v1/session", headers={"X-Heron-CSRF": csrf}).status_code == 204
     assert c.get("/api/v1/session").status_code == 401
+
+
+def test_deeply_nested_login_body_is_a_400(plat: AuthPlatform) -> None:
+    body = "[" * 100_000 + "]" * 100_000
+    r = plat.client.post("/api/v1/session", content=body, headers={"content-type": "application/json"})
+    assert r.status_code in (400, 413) and "error" in r.json()
+    r = plat.client.post("/api/v1/session", content=b'{"username": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+                         headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "invalid body" in r.json()["error"]

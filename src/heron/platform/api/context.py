@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import anyio
 import anyio.to_thread
+import msgspec
 from starlette.requests import Request
 
 from heron.platform.alerts.runtime import AlertsRuntime
@@ -147,3 +148,18 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, f"body larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def decode_json_body(request: Request, kind: type[T]) -> T:
+    """A JSON request body as ``kind``: 415 unless it says application/json, 413 past
+    ``max_json_body_bytes``, 400 with the decoder's reason (also for [[[[... nested too deeply)."""
+    ctype = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise ApiError(415, "expected Content-Type: application/json")
+    body = await read_body(request, context(request).config.max_json_body_bytes)
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ApiError(400, f"invalid body: {e}") from None
+    except RecursionError:  # an unknown field nested deeper than the decoder's stack
+        raise ApiError(400, "invalid body: nested too deeply") from None

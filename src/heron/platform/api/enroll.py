@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
@@ -13,11 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from heron.platform.api.auth import AGENT_ROLES, ENROLL_ROLES, authenticate, hash_token, new_token
-from heron.platform.api.context import ApiError, context, read_body
+from heron.platform.api.context import ApiError, context, decode_json_body
 from heron.platform.storage.base import AgentRecord
 
 Short = Annotated[str, msgspec.Meta(max_length=256)]
-T = TypeVar("T")
 # What a host name can hold (RFC 1123 letters, digits, dots and hyphens, plus the underscore some
 # hosts use). Agents are untrusted: the name reaches alert titles, notifications, syslog lines and
 # suppression globs, so anything else is refused rather than cleaned.
@@ -42,19 +41,6 @@ class EnrollRequest(AgentUpdate, kw_only=True):
     name: Short | None = None
 
 
-async def _decode(request: Request, kind: type[T]) -> T:
-    ctype = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise ApiError(415, "expected Content-Type: application/json")
-    body = await read_body(request, context(request).config.max_json_body_bytes)
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise ApiError(400, f"invalid body: {e}") from None
-    except RecursionError:  # an unknown field nested [[[[... deeper than the decoder's stack
-        raise ApiError(400, "invalid body: nested too deeply") from None
-
-
 def _check_hostname(host: HostFacts) -> None:
     if not HOSTNAME_RE.match(host.hostname):
         raise ApiError(400, "host.hostname must be 1-253 characters among letters, digits, '.', '-' and '_'")
@@ -62,7 +48,7 @@ def _check_hostname(host: HostFacts) -> None:
 
 async def enroll(request: Request) -> Response:
     await authenticate(request, ENROLL_ROLES)
-    body = await _decode(request, EnrollRequest)
+    body = await decode_json_body(request, EnrollRequest)
     _check_hostname(body.host)
     now = time.time_ns()
     agent_id = uuid.uuid4().hex
@@ -83,7 +69,7 @@ async def enroll(request: Request) -> Response:
 
 async def update_self(request: Request) -> Response:
     record = await authenticate(request, AGENT_ROLES)
-    body = await _decode(request, AgentUpdate)
+    body = await decode_json_body(request, AgentUpdate)
     _check_hostname(body.host)
     assert record.agent_id is not None  # agent tokens always name their agent
     found = await run_in_threadpool(

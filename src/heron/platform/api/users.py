@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
@@ -28,13 +28,12 @@ from heron.platform.api.auth import (
     new_token,
     session_policy,
 )
-from heron.platform.api.context import ApiError, PlatformConfig, WorkLimiter, context, read_body
+from heron.platform.api.context import ApiError, PlatformConfig, WorkLimiter, context, decode_json_body
 from heron.platform.auth import passwords
 from heron.platform.auth.ratelimit import Attempt, LoginLimiter
 from heron.platform.auth.sessions import COOKIE_NAME, create_session, revoke_session, session_hash
 from heron.platform.auth.store import API_TOKEN_KINDS, AuthStore, Conflict, User
 
-T = TypeVar("T")
 Username = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]
 Password = Annotated[str, msgspec.Meta(max_length=passwords.MAX_LENGTH)]
 Role = Literal["admin", "reader"]
@@ -101,17 +100,6 @@ def _state(request: Request) -> _AuthState:
     return state
 
 
-async def _decode(request: Request, kind: type[T]) -> T:
-    ctype = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise ApiError(415, "expected Content-Type: application/json")
-    body = await read_body(request, context(request).config.max_json_body_bytes)
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise ApiError(400, f"invalid body: {e}") from None
-
-
 def _user_json(user: User) -> dict[str, Any]:
     return {"id": user.id, "username": user.username, "role": user.role}
 
@@ -175,7 +163,7 @@ def _secure_cookie(request: Request) -> bool:
 
 async def login(request: Request) -> Response:
     store = auth_store(request)
-    body = await _decode(request, LoginRequest)
+    body = await decode_json_body(request, LoginRequest)
     user = await _password_check(request, store, body.username, body.password,
                                  "too many failed logins: try again later")
     if user is None:
@@ -214,7 +202,7 @@ async def list_users(request: Request) -> Response:
 
 async def add_user(request: Request) -> Response:
     await authenticate(request, ADMIN_ROLES)
-    body = await _decode(request, NewUser)
+    body = await decode_json_body(request, NewUser)
     store = auth_store(request)
     digest = await _state(request).hashing.run(_hash_new, body.password)
     try:
@@ -227,7 +215,7 @@ async def add_user(request: Request) -> Response:
 async def change_user(request: Request) -> Response:
     await authenticate(request, ADMIN_ROLES)
     user_id = _path_id(request)
-    body = await _decode(request, UserChange)
+    body = await decode_json_body(request, UserChange)
     store = auth_store(request)
     digest = await _state(request).hashing.run(_hash_new, body.password) if body.password is not None else None
     try:
@@ -258,7 +246,7 @@ async def change_own_password(request: Request) -> Response:
     record = await authenticate(request, QUERY_ROLES)
     if record.user_id is None:
         raise ApiError(400, "a token has no password: log in as the user")
-    body = await _decode(request, OwnPassword)
+    body = await decode_json_body(request, OwnPassword)
     store, state = auth_store(request), _state(request)
     if await _password_check(request, store, record.name, body.old_password,
                              "too many wrong passwords: try again later") is None:
@@ -285,7 +273,7 @@ async def list_tokens(request: Request) -> Response:
 
 async def add_token(request: Request) -> Response:
     record = await authenticate(request, ADMIN_ROLES)
-    body = await _decode(request, NewToken)
+    body = await decode_json_body(request, NewToken)
     now = time.time_ns()
     if body.expires is not None and body.expires <= now:
         raise ApiError(400, "expires is in the past")
