@@ -150,7 +150,10 @@ class PlatformSink:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
-        return self.spool.pending_records == 0
+        done = self.spool.pending_records == 0
+        if done:  # the shipping thread sets the gauge just after its ack: settle it here too
+            self.health.set("spool.pending", 0)
+        return done
 
     def close(self) -> None:
         with self._buf_lock:
