@@ -250,12 +250,17 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_server(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
+    from heron.platform import settings
     from heron.platform.server import serve
     from heron.platform.storage.db import DatabaseUnavailable
 
     host, port = _split_listen(args.listen)
     try:
-        serve(host, port, Path(args.data_dir), database=args.database)
+        config = settings.load(Path(args.config) if args.config else None, Path(args.data_dir))
+    except (settings.SettingsError, OSError) as e:
+        raise SystemExit(f"heron: platform settings: {e}") from None
+    try:
+        serve(host, port, Path(args.data_dir), database=args.database, config=config)
     except OSError as e:
         raise SystemExit(f"heron: cannot serve on {args.listen}: {e.strerror or e}") from None
     except (DatabaseUnavailable, ValueError, sa.exc.ArgumentError) as e:
@@ -264,6 +269,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from heron.platform import settings
     from heron.platform.server import start_in_thread
 
     data = Path(args.data_dir)
@@ -271,7 +277,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.port is not None:
         port = args.port
     try:
-        server = start_in_thread(host, port, data / "platform")
+        config = settings.load(Path(args.platform_config) if args.platform_config else None, data / "platform")
+        server = start_in_thread(host, port, data / "platform", config=config)
+    except settings.SettingsError as e:
+        raise SystemExit(f"heron: platform settings: {e}") from None
     except OSError as e:
         raise SystemExit(f"heron: cannot serve on {args.listen}: {e.strerror or e}") from None
     url = f"http://{host}:{server.port}"
@@ -537,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database", metavar="URL",
                    help="postgresql://user@host/db (several servers may share it) or a SQLite path; "
                         "default DATA_DIR/heron.db. Token files stay in --data-dir")
+    p.add_argument("--config", metavar="FILE", help="platform settings, TOML (docs/configuration.md, Platform)")
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("up", help="agent + embedded platform + console on this host")
@@ -545,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="the console/API port (on --listen's address)")
     p.add_argument("--data", "--data-dir", dest="data_dir", default=str(DEFAULT_DATA),
                    help="platform database, tokens and agent state")
+    p.add_argument("--platform-config", metavar="FILE",
+                   help="platform settings, TOML (docs/configuration.md, Platform); --config is the agent's")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("events", help="list or follow events from a platform")
