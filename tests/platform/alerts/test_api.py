@@ -31,6 +31,10 @@ def test_list_and_detail(api: Api) -> None:
     p = pipeline(api)
     ingest(api.db, p, [SHELL])
     ingest(api.db, p, [CHILD, FLOW])
+    # nginx's other work (a sibling of the shell) is not part of the incident's tree or timeline
+    sibling = exec_event(250, "/usr/bin/logger", ["logger", "x"], [(100, "/usr/sbin/nginx"), (1, "/sbin/init")],
+                         ts=NOW + SEC)
+    ingest(api.db, p, [sibling])
     ingest(api.db, p, [exec_event(900, "/usr/bin/gdb", ["gdb", "-p", "1"], [(800, "/usr/bin/bash")])],
            agent="a2", host="db-1")
     r = api.client.get("/api/v1/alerts", headers=api.reader)
@@ -58,6 +62,7 @@ def test_list_and_detail(api: Api) -> None:
     assert tree[key(300)]["parent_key"] == key(200) and tree[key(200)]["parent_key"] == key(100)
     assert tree[key(100)]["exe"] == "/usr/sbin/nginx" and not tree[key(100)]["flagged"]
     assert tree[key(300)]["argv"] == ["nc", "203.0.113.5", "4444"]
+    assert key(250) not in tree and not any("logger" in t["summary"] for t in d["timeline"])
     assert set(d["graph"]) >= {"nodes", "edges"}
     assert [x["action"] for x in d["log"]] == ["created"]
     assert api.client.get("/api/v1/alerts/99999", headers=api.reader).status_code == 404

@@ -98,19 +98,23 @@ def process_tree(conn: Connection, agent_id: str, members: Sequence[str], start:
         for child, parent in itertools.pairwise(keys):
             if child in nodes and not nodes[child]["parent_key"]:
                 nodes[child]["parent_key"] = parent
-    # descendants: execs on the host in the window whose parent is in the tree (by key, else by pid)
+    # descendants of the alert's own processes only (never of their ancestors: a login shell's other
+    # children are the rest of the host): execs in the window whose parent is in that subtree (by key,
+    # else by pid)
     execs = [i for ts, data in conn.execute(
         sa.select(e.ts, e.data).where(e.agent_id == agent_id, e.type == "process.exec", e.ts >= start, e.ts <= end)
         .order_by(e.ts).limit(MAX_EXECS)).all() if (i := _exec_info(ts, data)) is not None]
+    subtree = {k for k in members if k in nodes}
     grew = True
     while grew and len(nodes) < MAX_TREE:
         grew = False
-        pids = {n["pid"]: k for k, n in nodes.items() if n["pid"]}
+        pids = {nodes[k]["pid"]: k for k in subtree if nodes[k]["pid"]}
         for info in execs:
             parent = info["parent_key"] or pids.get(info["ppid"])
-            if info["key"] not in nodes and parent in nodes:
+            if info["key"] not in nodes and parent in subtree:
                 info["parent_key"] = parent
                 nodes[info["key"]] = info
+                subtree.add(info["key"])
                 grew = True
     out = []
     for n in nodes.values():

@@ -88,9 +88,12 @@ def summarise(event: dict[str, Any]) -> str:
     elif etype == "file.change":
         action = event.get("action", "changed")
         verb = {"create": "created", "modify": "modified", "delete": "deleted", "rename": "renamed",
-                "attrib": "changed attributes of"}.get(str(action), str(action))
+                "attrib": "changed attributes of", "read": "read"}.get(str(action), str(action))
         who = actor if process else "an unknown writer"
         text = f"{who} {verb} {event.get('path', '?')}"
+    elif etype == "process.exit":
+        how = f"signal {event['signal']}" if event.get("signal") else f"code {event.get('exit_code', '?')}"
+        text = f"{_name(event.get('exe'))} (pid {event.get('pid', '?')}) exited, {how}"
     else:
         text = f"{etype} by {actor}"
     return _cut(printable(text + (_who(process) if process else "")), MAX_SUMMARY)
