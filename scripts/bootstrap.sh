@@ -48,3 +48,7 @@ if [ "$(id -u)" = 0 ] && [ -d /usr/local/bin ]; then
 fi
 # Build the eBPF objects against this kernel's BTF (skipped, with the reason, when not possible).
 .venv/bin/python -m heron.agent.ebpf.build || echo "heron: eBPF build failed: heron falls back to user-mode collectors" >&2
+# The platform's PostgreSQL tests need a server: install and start Debian's (idempotent; as root only).
+if [ "$want_test" = 1 ] && [ "$(id -u)" = 0 ]; then
+    timeout 900 scripts/ci-postgres.sh || echo "heron: PostgreSQL unavailable: its tests will skip (fail under CI=true)" >&2
+fi
