@@ -129,7 +129,8 @@ def test_a_batch_that_breaks_the_pipeline_costs_only_that_batch(host: Host) -> N
     bad.process.argv = None  # type: ignore[assignment]  # a record no transform expects
     agent._emit([bad])
     marker = uuid.uuid4().hex[:8]
-    subprocess.run(["/bin/sh", "-c", f"sleep 0.6 # heron-after-{marker}"], check=True)
+    # procfs polls every 0.1 s: 1.5 s of life leaves room for a loaded machine (CI once missed a 0.6 s one)
+    subprocess.run(["/bin/sh", "-c", f"sleep 1.5 # heron-after-{marker}"], check=True)
     time.sleep(0.3)
     agent.stop()
     assert any(isinstance(e, ProcessExec) and marker in " ".join(e.process.argv) for e in sink.events)

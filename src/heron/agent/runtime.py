@@ -264,9 +264,9 @@ class Agent:
         next_health = time.monotonic()
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
         while True:
-            # Wake often only while something waits for a deadline (dedupe window, batch delay);
+            # Wake often only while something waits for a deadline (a folded repeat, batch delay);
             # an idle agent wakes once a second. stop() wakes it with an empty batch.
-            busy = bool(self.pipeline.out) or len(self.pipeline.dedupe) > 0 or bool(self.pipeline.enrich.held)
+            busy = bool(self.pipeline.out) or self.pipeline.dedupe.pending > 0 or bool(self.pipeline.enrich.held)
             try:
                 batch: Sequence[Event] | None = self.queue.get(timeout=0.1 if busy else 1.0)
             except queue.Empty:
