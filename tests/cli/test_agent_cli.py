@@ -17,8 +17,9 @@ HERON = [sys.executable, "-m", "heron.cli.main"]
 
 
 def start_agent(out: Path, *extra: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([*HERON, "agent", "--output", f"jsonl:{out}", *extra],
-                            stderr=subprocess.PIPE)
+    # Its own state dir beside the output: never the machine's /var/lib/heron/agent (FIM baseline, enrolment).
+    proc = subprocess.Popen([*HERON, "agent", "--output", f"jsonl:{out}", "--state-dir", str(out.parent / "state"),
+                             *extra], stderr=subprocess.PIPE)
     assert proc.stderr is not None
     line = proc.stderr.readline().decode()  # "heron agent X: collectors ..." once running
     assert "collectors" in line, line
@@ -59,13 +60,15 @@ def test_agent_sigterm_flushes_and_exits_zero(tmp_path: Path) -> None:
 
 @pytest.mark.privileged
 def test_pinning_unknown_or_unavailable_fails(tmp_path: Path) -> None:
-    r = subprocess.run([*HERON, "agent", "--output", f"jsonl:{tmp_path / 'x'}", "--collector", "process=nope"],
+    r = subprocess.run([*HERON, "agent", "--output", f"jsonl:{tmp_path / 'x'}", "--state-dir", str(tmp_path / "s"),
+                        "--collector", "process=nope"],
                        capture_output=True, timeout=60)
     assert r.returncode != 0 and b"unknown mechanism" in r.stderr
     rep = json.loads(subprocess.run([*HERON, "doctor", "--json"], check=True, capture_output=True).stdout)
     unavailable = [m for m, v in rep["collectors"]["process"]["mechanisms"].items() if not v["available"]]
     for mech in unavailable:
-        r = subprocess.run([*HERON, "agent", "--output", f"jsonl:{tmp_path / 'y'}", "--collector",
+        r = subprocess.run([*HERON, "agent", "--output", f"jsonl:{tmp_path / 'y'}", "--state-dir", str(tmp_path / "s"),
+                            "--collector",
                             f"process={mech}"], capture_output=True, timeout=60)
         assert r.returncode != 0 and b"cannot run here" in r.stderr
 
@@ -73,7 +76,8 @@ def test_pinning_unknown_or_unavailable_fails(tmp_path: Path) -> None:
 def test_malformed_config_names_the_key(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[dedupe]\nwindow_s = 'x'\n")
-    r = subprocess.run([*HERON, "agent", "--config", str(cfg), "--output", "stdout"], capture_output=True, timeout=60)
+    r = subprocess.run([*HERON, "agent", "--config", str(cfg), "--output", "stdout",
+                        "--state-dir", str(tmp_path / "s")], capture_output=True, timeout=60)
     assert r.returncode != 0 and b"$.dedupe.window_s" in r.stderr
 
 
@@ -120,6 +124,7 @@ def test_repeated_sighup_then_sigterm_exits_cleanly(tmp_path: Path) -> None:
 
 
 def test_unwritable_output_is_a_clear_error(tmp_path: Path) -> None:
-    r = subprocess.run([*HERON, "agent", "--output", f"jsonl:{tmp_path}/no/such/dir/x"], capture_output=True,
+    r = subprocess.run([*HERON, "agent", "--output", f"jsonl:{tmp_path}/no/such/dir/x", "--state-dir",
+                        str(tmp_path / "s")], capture_output=True,
                        timeout=60)
     assert r.returncode != 0 and b"cannot write" in r.stderr and b"Traceback" not in r.stderr
