@@ -35,7 +35,6 @@ from sqlalchemy.engine import Connection
 
 from heron.platform.storage import schema
 from heron.platform.storage.db import Database
-from heron.platform.storage.sql import database_of
 from heron.schema.events import NetListen, Package, PackageActivity, PackageInventory, ProcessRef
 from heron.vuln.ecosystems import OS_MANAGERS
 
@@ -269,15 +268,11 @@ class PackageStore:
 overflow_batches = 0
 
 
-def ingest(storage: object, agent_id: str, events: Sequence[object]) -> int:
-    """The ingest hook: fold one batch's package and listener events into the database of
-    ``storage`` (a no-op for a store without one). An integer the database cannot hold (64-bit)
-    rolls the update back (counted in ``overflow_batches`` and logged); the batch is then refused
-    by the event store for the same reason."""
+def ingest(db: Database, agent_id: str, events: Sequence[object]) -> int:
+    """The ingest hook: fold one batch's package and listener events into ``db``. An integer the
+    database cannot hold (64-bit) rolls the update back (counted in ``overflow_batches`` and
+    logged); the batch is then refused by the event store for the same reason."""
     global overflow_batches
-    db = database_of(storage)
-    if db is None:
-        return 0
     try:
         return PackageStore(db).apply(agent_id, events)
     except (OverflowError, sa.exc.DataError) as e:

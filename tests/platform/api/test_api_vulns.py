@@ -176,6 +176,6 @@ def test_package_update_overflow_is_counted(tmp_path: Any, caplog: pytest.LogCap
     storage.close()
     before = store.overflow_batches
     huge = PackageInventory(ts=2**70, scope="host", full=True, added=[_pkgs()["curl"]])
-    assert store.ingest(storage, "agent-1", [huge]) == 0
+    assert store.ingest(storage.db, "agent-1", [huge]) == 0
     assert store.overflow_batches == before + 1
     assert "not applied" in caplog.text

@@ -10,7 +10,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -23,23 +23,14 @@ from heron.platform.alerts import channels, queries
 from heron.platform.alerts.runtime import AlertsRuntime
 from heron.platform.alerts.state import STATES, StateError, mark_expected, set_state
 from heron.platform.alerts.suppress import check_condition
-from heron.platform.api.auth import ADMIN_ROLES, QUERY_ROLES, actor, authenticate, database
-from heron.platform.api.context import ApiError, PlatformContext, context, read_body
+from heron.platform.api.auth import ADMIN_ROLES, QUERY_ROLES, actor, authenticate
+from heron.platform.api.context import ApiError, PlatformContext, context, read_body, run_db
 from heron.platform.storage import schema as s
-from heron.platform.storage.db import Database
 
-T = TypeVar("T")
 MAX_BODY = 64 << 10
 MAX_TEXT = 1000
 MAX_INT = (1 << 63) - 1
 INT_RE = re.compile(r"-?[0-9]{1,19}\Z")
-
-
-def _db(request: Request) -> Database:
-    db = database(context(request))
-    if db is None:
-        raise ApiError(503, "alerts need the SQL storage")
-    return db
 
 
 def _runtime(request: Request) -> AlertsRuntime:
@@ -47,24 +38,6 @@ def _runtime(request: Request) -> AlertsRuntime:
     if rt is None:
         raise ApiError(503, "alerts are not enabled on this server")
     return rt
-
-
-async def _write(request: Request, fn: Callable[[Connection], T]) -> T:
-    db = _db(request)
-
-    def run() -> T:
-        with db.begin() as conn:
-            return fn(conn)
-    return await run_in_threadpool(run)
-
-
-async def _read(request: Request, fn: Callable[[Connection], T]) -> T:
-    db = _db(request)
-
-    def run() -> T:
-        with db.read() as conn:
-            return fn(conn)
-    return await run_in_threadpool(run)
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -134,7 +107,7 @@ async def list_alerts(request: Request) -> Response:
     rule = request.query_params.get("rule") or None
     since = _int_param(request, "since")
     limit = _limit(request)
-    rows = await _read(request, lambda c: queries.list_alerts(c, state=state, severity=severity, host=host,
+    rows = await run_db(request, lambda c: queries.list_alerts(c, state=state, severity=severity, host=host,
                                                               rule=rule, since=since, limit=limit))
     return JSONResponse({"alerts": rows})
 
@@ -142,7 +115,7 @@ async def list_alerts(request: Request) -> Response:
 async def get_alert(request: Request) -> Response:
     await authenticate(request, QUERY_ROLES)
     alert_id = _path_id(request)
-    detail = await _read(request, lambda c: queries.alert_detail(c, alert_id))
+    detail = await run_db(request, lambda c: queries.alert_detail(c, alert_id))
     if detail is None:
         raise ApiError(404, f"no alert {alert_id}")
     return JSONResponse(detail)
@@ -157,7 +130,7 @@ async def change_state(request: Request) -> Response:
         raise ApiError(400, f"state must be one of {', '.join(STATES)}")
     note = _text(body, "note")
     try:
-        result = await _write(request, lambda c: set_state(c, alert_id, state, who, note))
+        result = await run_db(request, write=True, fn=lambda c: set_state(c, alert_id, state, who, note))
     except StateError as err:
         raise ApiError(err.status, str(err)) from None
     return JSONResponse(result)
@@ -169,7 +142,7 @@ async def mark_alert_expected(request: Request) -> Response:
     body = await _body(request)
     note = _text(body, "note")
     try:
-        result = await _write(request, lambda c: mark_expected(c, alert_id, who, note))
+        result = await run_db(request, write=True, fn=lambda c: mark_expected(c, alert_id, who, note))
     except StateError as err:
         raise ApiError(err.status, str(err)) from None
     return JSONResponse(result)
@@ -186,7 +159,7 @@ def _suppression_json(r: Any) -> dict[str, Any]:
 async def list_suppressions(request: Request) -> Response:
     await authenticate(request, QUERY_ROLES)
     limit = _limit(request)
-    rows = await _read(request, lambda c: [_suppression_json(r) for r in c.execute(
+    rows = await run_db(request, lambda c: [_suppression_json(r) for r in c.execute(
         sa.select(s.suppressions).order_by(s.suppressions.c.id.desc()).limit(limit)).all()])
     return JSONResponse({"suppressions": rows})
 
@@ -224,7 +197,7 @@ async def add_suppression(request: Request) -> Response:
         assert pk is not None
         row = c.execute(sa.select(s.suppressions).where(s.suppressions.c.id == pk[0])).one()
         return _suppression_json(row)
-    result = await _write(request, insert)
+    result = await run_db(request, write=True, fn=insert)
     _runtime(request).recorder.suppressions.invalidate()
     return JSONResponse(result, status_code=201)
 
@@ -232,7 +205,8 @@ async def add_suppression(request: Request) -> Response:
 async def delete_suppression(request: Request) -> Response:
     await authenticate(request, ADMIN_ROLES)
     sid = _path_id(request)
-    n = await _write(request, lambda c: c.execute(sa.delete(s.suppressions).where(s.suppressions.c.id == sid)).rowcount)
+    n = await run_db(request, write=True,
+                     fn=lambda c: c.execute(sa.delete(s.suppressions).where(s.suppressions.c.id == sid)).rowcount)
     if not n:
         raise ApiError(404, f"no suppression {sid}")
     _runtime(request).recorder.suppressions.invalidate()
@@ -254,7 +228,7 @@ async def list_channels(request: Request) -> Response:
             item["notifications"] = {state: n for state, n in counts}
             out.append(item)
         return out
-    return JSONResponse({"channels": await _read(request, read)})
+    return JSONResponse({"channels": await run_db(request, read)})
 
 
 async def add_channel(request: Request) -> Response:
@@ -276,7 +250,7 @@ async def add_channel(request: Request) -> Response:
             enabled=1, created=now)).inserted_primary_key
         assert pk is not None
         return channels.channel_json(c.execute(sa.select(t).where(t.c.id == pk[0])).mappings().one())
-    return JSONResponse(await _write(request, insert), status_code=201)
+    return JSONResponse(await run_db(request, write=True, fn=insert), status_code=201)
 
 
 async def delete_channel(request: Request) -> Response:
@@ -290,7 +264,7 @@ async def delete_channel(request: Request) -> Response:
                                                        s.notifications.c.state == "pending")
                       .values(state="failed", last_error="channel deleted"))
         return int(n)
-    if not await _write(request, delete):
+    if not await run_db(request, write=True, fn=delete):
         raise ApiError(404, f"no channel {cid}")
     return JSONResponse({"deleted": cid})
 
@@ -379,8 +353,7 @@ OPENAPI_PATHS: dict[str, object] = {
 
 def start_notifier(ctx: PlatformContext) -> asyncio.Task[None] | None:
     """The outbox sender as a task of the running loop (the app's lifespan), or None when this server
-    has no SQL database or alerts."""
-    db = database(ctx)
-    if db is None or ctx.alerts is None or ctx.config.notify_poll_s <= 0:
+    has no alerts or sending is off."""
+    if ctx.alerts is None or ctx.config.notify_poll_s <= 0:
         return None
-    return asyncio.create_task(ctx.alerts.notifier(db).run(), name="heron-notify")
+    return asyncio.create_task(ctx.alerts.notifier(ctx.db).run(), name="heron-notify")

@@ -31,7 +31,6 @@ from heron.platform.api.context import ApiError, PlatformContext, context
 from heron.platform.auth.sessions import COOKIE_NAME, SessionPolicy, lookup_session
 from heron.platform.auth.store import ADMIN_TOKEN_KINDS, ApiToken, AuthStore, SessionRow
 from heron.platform.storage.base import TokenKind, TokenRecord
-from heron.platform.storage.db import Database
 
 MAX_TOKEN_LENGTH = 256
 QUERY_ROLES: tuple[TokenKind, ...] = ("admin", "reader")
@@ -63,17 +62,8 @@ def bearer_token(request: Request) -> str:
     return token
 
 
-def database(ctx: PlatformContext) -> Database | None:
-    """The platform's SQLAlchemy database (``storage.db``), when its storage has one."""
-    db = getattr(ctx.storage, "db", None)
-    return db if isinstance(db, Database) else None
-
-
 def auth_store(request: Request) -> AuthStore:
-    db = database(context(request))
-    if db is None:
-        raise ApiError(503, "users and sessions need the SQL storage")
-    return AuthStore(db)
+    return AuthStore(context(request).db)
 
 
 def session_policy(ctx: PlatformContext) -> SessionPolicy:
@@ -104,14 +94,7 @@ def _check_token(store: AuthStore, digest: str) -> TokenRecord | None:
 
 async def _from_bearer(request: Request) -> TokenRecord:
     digest = hash_token(bearer_token(request))
-    ctx = context(request)
-    db = database(ctx)
-    if db is None:  # a storage without SQLAlchemy (the old SqliteStorage): tokens only, no expiry
-        record = await run_in_threadpool(ctx.storage.find_token, digest)
-        if record is not None and (not hmac.compare_digest(record.token_hash, digest) or record.revoked is not None):
-            record = None
-    else:
-        record = await run_in_threadpool(_check_token, AuthStore(db), digest)
+    record = await run_in_threadpool(_check_token, auth_store(request), digest)
     if record is None:
         raise ApiError(401, "invalid token", _CHALLENGE)
     return record
@@ -120,11 +103,10 @@ async def _from_bearer(request: Request) -> TokenRecord:
 async def current_session(request: Request) -> SessionRow:
     """The live console session of the request's cookie; 401 if there is none."""
     cookie = request.cookies.get(COOKIE_NAME, "")
-    ctx = context(request)
-    db = database(ctx)
     found = None
-    if cookie and db is not None:
-        found = await run_in_threadpool(lookup_session, AuthStore(db), cookie, time.time_ns(), session_policy(ctx))
+    if cookie:
+        found = await run_in_threadpool(lookup_session, auth_store(request), cookie, time.time_ns(),
+                                        session_policy(context(request)))
     if found is None:
         raise ApiError(401, "not logged in or session expired")
     return found

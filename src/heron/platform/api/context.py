@@ -14,6 +14,7 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 import msgspec
+from sqlalchemy.engine import Connection
 from starlette.requests import Request
 
 from heron.platform.alerts.runtime import AlertsRuntime
@@ -21,6 +22,7 @@ from heron.platform.analysis import IngestStats, Pipeline
 from heron.platform.enrich import ContainerAddresses
 from heron.platform.graph import GraphBuilder
 from heron.platform.storage.base import Storage
+from heron.platform.storage.db import Database
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,10 @@ class PlatformContext:
     pipeline: Pipeline = field(default_factory=Pipeline)  # run by ingest inside the batch's transaction
     ingest_stats: IngestStats = field(default_factory=IngestStats)  # analysis failures, future events
 
+    @property
+    def db(self) -> Database:
+        return self.storage.db
+
     @classmethod
     def create(cls, storage: Storage, config: PlatformConfig) -> PlatformContext:
         alerts = AlertsRuntime.create(config)
@@ -163,3 +169,13 @@ async def decode_json_body(request: Request, kind: type[T]) -> T:
         raise ApiError(400, f"invalid body: {e}") from None
     except RecursionError:  # an unknown field nested deeper than the decoder's stack
         raise ApiError(400, "invalid body: nested too deeply") from None
+
+
+async def run_db(request: Request, fn: Callable[[Connection], T], *, write: bool = False) -> T:
+    """``fn`` in a read (or, with ``write``, a write) transaction on the platform's database, in a thread."""
+    db = context(request).db
+
+    def run() -> T:
+        with db.begin() if write else db.read() as conn:
+            return fn(conn)
+    return await anyio.to_thread.run_sync(run)

@@ -8,32 +8,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy.engine import Connection
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from heron.platform.api.auth import ADMIN_ROLES, QUERY_ROLES, actor, authenticate, database
-from heron.platform.api.context import ApiError, context
+from heron.platform.api.auth import ADMIN_ROLES, QUERY_ROLES, actor, authenticate
+from heron.platform.api.context import ApiError, context, run_db
 from heron.platform.graph import list_baselines, list_nodes, mark_expected, neighbourhood, reset_learning
 
-T = TypeVar("T")
 NODE_KINDS = frozenset({"host", "container", "image", "cluster", "user", "endpoint", "fileclass", "package"})
 MAX_TEXT = 256
 MAX_ID = (1 << 63) - 1
-
-
-async def _run(request: Request, fn: Callable[[Connection], T], *, write: bool = False) -> T:
-    db = database(context(request))
-    if db is None:
-        raise ApiError(503, "the behaviour graph needs the SQL storage")
-
-    def run() -> T:
-        with (db.begin() if write else db.read()) as conn:
-            return fn(conn)
-    return await run_in_threadpool(run)
 
 
 def _text(request: Request, name: str) -> str | None:
@@ -67,7 +54,7 @@ async def get_nodes(request: Request) -> Response:
     if kind is not None and kind not in NODE_KINDS:
         raise ApiError(400, f"kind must be one of {', '.join(sorted(NODE_KINDS))}")
     limit = _limit(request, context(request).config.default_query_limit)
-    nodes = await _run(request, lambda c: list_nodes(c, kind=kind, q=q, host=host, limit=limit))
+    nodes = await run_db(request, lambda c: list_nodes(c, kind=kind, q=q, host=host, limit=limit))
     return JSONResponse({"nodes": nodes})
 
 
@@ -75,7 +62,7 @@ async def get_neighbourhood(request: Request) -> Response:
     await authenticate(request, QUERY_ROLES)
     node = _id(request.query_params.get("node"), "node")
     host, limit = _text(request, "host"), _limit(request, 200)
-    hood = await _run(request, lambda c: neighbourhood(c, node, host=host, limit=limit))
+    hood = await run_db(request, lambda c: neighbourhood(c, node, host=host, limit=limit))
     if not hood["nodes"]:
         raise ApiError(404, f"no graph node {node}")
     return JSONResponse(hood)
@@ -86,7 +73,7 @@ async def get_baselines(request: Request) -> Response:
     raw = request.query_params.get("cluster")
     cluster = _id(raw, "cluster") if raw not in (None, "") else None
     limit = _limit(request, context(request).config.default_query_limit)
-    rows = await _run(request, lambda c: list_baselines(c, time.time_ns(), cluster=cluster, limit=limit))
+    rows = await run_db(request, lambda c: list_baselines(c, time.time_ns(), cluster=cluster, limit=limit))
     return JSONResponse({"baselines": rows})
 
 
@@ -101,7 +88,7 @@ async def reset_baseline(request: Request) -> Response:
             return None
         return list_baselines(conn, now, cluster=cluster, limit=1)
 
-    rows = await _run(request, reset, write=True)
+    rows = await run_db(request, reset, write=True)
     if not rows:
         raise ApiError(404, f"no process cluster {cluster}")
     return JSONResponse({"baseline": rows[0]})
@@ -111,7 +98,7 @@ async def mark_edge_expected(request: Request) -> Response:
     record = await authenticate(request, ADMIN_ROLES)
     edge = _id(request.path_params.get("id"), "edge id")
     who = actor(record)
-    changed = await _run(request, lambda c: mark_expected(c, edge, who), write=True)
+    changed = await run_db(request, lambda c: mark_expected(c, edge, who), write=True)
     if not changed:
         raise ApiError(404, f"no graph edge {edge}")
     return JSONResponse({"edge": edge, "baseline": "expected", "changed": changed})

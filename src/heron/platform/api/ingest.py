@@ -169,7 +169,7 @@ def store_batch(ctx: PlatformContext, agent_id: str, batch_id: str, body: bytes)
     classify_endpoints(ctx.container_addresses(agent_id), events)
     cleaned = [clean_event(e) for e in events]
     events = [e for e, _ in cleaned]
-    packages.ingest(ctx.storage, agent_id, events)  # before the batch is stored: a retry repairs a crash
+    packages.ingest(ctx.db, agent_id, events)  # before the batch is stored: a retry repairs a crash
     rows = [event_row(e, data) for e, data in cleaned]
     health = [e for e in events if isinstance(e, AgentHealth)]
     last_health = to_json(max(health, key=lambda h: h.ts)) if health else None

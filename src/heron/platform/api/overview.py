@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from heron.platform.alerts.rows import alert_json
 from heron.platform.api.auth import QUERY_ROLES, authenticate
-from heron.platform.api.context import ApiError, context
+from heron.platform.api.context import context
 from heron.platform.storage.db import Database
 from heron.platform.storage.migrations import HOUR_NS
 from heron.platform.storage.schema import agents, alerts, event_counts
@@ -80,13 +80,6 @@ def overview(conn: Connection, now: int, *, stale_ns: int = STALE_NS,
     }
 
 
-def _database(request: Request) -> Database:
-    db = getattr(context(request).storage, "db", None)
-    if not isinstance(db, Database):
-        raise ApiError(503, "the overview needs the SQL storage (storage.db)")
-    return db
-
-
 def read_overview(db: Database, now: int) -> dict[str, object]:
     with db.read() as conn:
         return overview(conn, now)
@@ -94,7 +87,7 @@ def read_overview(db: Database, now: int) -> dict[str, object]:
 
 async def get_overview(request: Request) -> Response:
     await authenticate(request, QUERY_ROLES)
-    body = await run_in_threadpool(read_overview, _database(request), time.time_ns())
+    body = await run_in_threadpool(read_overview, context(request).db, time.time_ns())
     body["ingest"] = context(request).ingest_stats.snapshot()
     return JSONResponse(body)
 

@@ -24,7 +24,6 @@ from starlette.responses import Response
 from heron.platform.api.auth import QUERY_ROLES, authenticate
 from heron.platform.api.context import ApiError, context
 from heron.platform.packages import InstalledPackage, Listener, PackageStore
-from heron.platform.storage.sql import database_of
 from heron.vuln.db import AdvisoryDB, vulndb_path
 from heron.vuln.match import Match, match_packages
 from heron.vuln.risk import LABEL_ORDER, RiskPolicy, base_score, rank_key, risk_score
@@ -199,9 +198,7 @@ def _stores(request: Request) -> tuple[PackageStore, AdvisoryDB | None]:
     """The packages (in the platform's database) and the advisory store (a SQLite file in the
     data dir, beside a SQLite platform database)."""
     ctx = context(request)
-    db = database_of(ctx.storage)
-    if db is None:
-        raise ApiError(503, "vulnerabilities need the SQL platform storage")
+    db = ctx.db
     data_dir = ctx.config.data_dir or (Path(db.path).parent if db.path and db.path != ":memory:" else None)
     vulndb = vulndb_path(data_dir) if data_dir is not None else None
     return PackageStore(db), (AdvisoryDB(vulndb) if vulndb is not None and Path(vulndb).exists() else None)

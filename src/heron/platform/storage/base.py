@@ -13,6 +13,8 @@ from typing import Literal, Protocol
 
 from sqlalchemy.engine import Connection
 
+from heron.platform.storage.db import Database
+
 TokenKind = Literal["admin", "reader", "enroll", "agent"]
 TOKEN_KINDS: tuple[TokenKind, ...] = ("admin", "reader", "enroll", "agent")
 
@@ -91,6 +93,8 @@ class EventQuery:
 
 
 class Storage(Protocol):
+    db: Database  # the SQLAlchemy database every platform module writes through
+
     # tokens
     def add_token(self, token_hash: str, kind: TokenKind, agent_id: str | None, now: int) -> None: ...
     def find_token(self, token_hash: str) -> TokenRecord | None: ...

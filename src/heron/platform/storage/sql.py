@@ -93,12 +93,6 @@ def _check_int64(row: EventRow) -> None:
             raise OverflowError("integer out of range (64-bit signed)")
 
 
-def database_of(storage: object) -> Database | None:
-    """The Database behind a storage (``SqlStorage.db``), or None for another implementation."""
-    db = getattr(storage, "db", None)
-    return db if isinstance(db, Database) else None
-
-
 class SqlStorage:
     def __init__(self, db: Database) -> None:
         self.db = db
